@@ -1,0 +1,267 @@
+"""Evaluation metrics: one registry mapping each ``Metric`` to its function and applicable task types.
+
+All values are on a 0-100 scale, as in mt-dnn and GLUE reports (accuracy 84.3, Pearson 88.1).
+
+Inputs per task type (``scores`` and ``labels`` have the same length N, N >= 1):
+
+- classification: ``scores`` [N, C] probabilities or logits, ``labels`` [N] class indices. The prediction
+  is the argmax (first index on ties). ``f1`` is binary F1 of the positive class (index 1) and needs C == 2.
+  ``auc`` uses softmax probabilities (rows that are already non-negative and sum to 1 are taken as they are):
+  binary AUC scores by P(class 1), multi-class AUC is one-vs-rest, macro-averaged.
+- regression: ``scores`` [N] or [N, 1], ``labels`` [N] real values.
+- ranking: ``scores`` [N, K] candidate scores, ``-inf`` in the padding slots of questions with fewer than K
+  candidates; ``labels`` [N] index of the right candidate. ``acc`` is top-1 accuracy. ``mrr`` is the mean of
+  1/rank of the right candidate, where ties are broken by stable order: a candidate with an equal score and a
+  lower index ranks ahead. This matches the argmax prediction, so ``acc`` == 100 exactly when ``mrr`` == 100.
+
+Undefined values are ``nan``, without warnings: Pearson/Spearman when either side is constant or N < 2, and
+AUC when a class has no positive or no negative example. F1 and MCC follow scikit-learn's ``zero_division=0``
+convention (0.0 when undefined, e.g. only one class present), also without warnings.
+
+Malformed input (no examples, wrong shapes, NaN scores, labels out of range, a metric that does not apply to
+the task type) raises ``ValueError`` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+from scipy import stats
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import f1_score, matthews_corrcoef, roc_auc_score
+
+from data_utils.enums import TaskType, parse_enum
+
+
+class Metric(StrEnum):
+    ACC = "acc"
+    F1 = "f1"
+    MCC = "mcc"
+    PEARSON = "pearson"
+    SPEARMAN = "spearman"
+    AUC = "auc"
+    F1_MACRO = "f1_macro"
+    F1_MICRO = "f1_micro"
+    MRR = "mrr"
+
+
+# mt-dnn's ``metric_meta`` spellings, lower-cased (the others match our values case-insensitively).
+METRIC_ALIASES: dict[str, Metric] = {
+    "f1mac": Metric.F1_MACRO,
+    "f1mic": Metric.F1_MICRO,
+}
+
+
+def parse_metric(name: str) -> Metric:
+    """Parse our lowercase names or mt-dnn's spellings (``ACC``, ``F1MAC``, ``Pearson``...), any case."""
+    return parse_enum(Metric, name, METRIC_ALIASES)
+
+
+MetricFn = Callable[[np.ndarray, np.ndarray], float]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """``fn(scores, labels)`` gets validated inputs (see the module docstring) and returns a 0-100 value."""
+
+    fn: MetricFn
+    task_types: frozenset[TaskType]
+    higher_is_better: bool
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _as_probabilities(scores: np.ndarray) -> np.ndarray:
+    """Rows that are non-negative and sum to 1 are probabilities (renormalised); others get softmax."""
+    sums = scores.sum(axis=1)
+    if scores.min() >= 0.0 and np.allclose(sums, 1.0, rtol=0.0, atol=1e-4):
+        return scores / sums[:, None]
+    return _softmax(scores)
+
+
+def _argmax(scores: np.ndarray) -> np.ndarray:
+    """The predicted class / candidate: first index of the row maximum (the one tie-break used everywhere)."""
+    return scores.argmax(axis=1).astype(np.int64)
+
+
+def _accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    return 100.0 * float(np.mean(_argmax(scores) == labels))
+
+
+def _binary_f1(scores: np.ndarray, labels: np.ndarray) -> float:
+    if scores.shape[1] != 2:
+        raise ValueError(
+            f"metric 'f1' is binary F1 of class 1 and needs 2 classes, got {scores.shape[1]}; "
+            "use f1_macro or f1_micro"
+        )
+    preds = _argmax(scores)
+    return 100.0 * float(f1_score(labels, preds, labels=[0, 1], pos_label=1, zero_division=0))
+
+
+def _averaged_f1(average: str) -> MetricFn:
+    def fn(scores: np.ndarray, labels: np.ndarray) -> float:
+        # Averages over the classes present in labels or predictions (scikit-learn's default).
+        return 100.0 * float(f1_score(labels, _argmax(scores), average=average, zero_division=0))
+
+    return fn
+
+
+def _mcc(scores: np.ndarray, labels: np.ndarray) -> float:
+    with warnings.catch_warnings():
+        # A single class in labels and predictions: MCC is 0.0; the confusion-matrix shape warning is noise.
+        warnings.filterwarnings("ignore", message="A single label was found", category=UserWarning)
+        return 100.0 * float(matthews_corrcoef(labels, _argmax(scores)))
+
+
+def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    num_classes = scores.shape[1]
+    if num_classes < 2:
+        raise ValueError(f"metric 'auc' needs at least 2 classes, got {num_classes}")
+    probs = _as_probabilities(scores)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        if num_classes == 2:
+            if np.unique(labels).size < 2:
+                return math.nan
+            value = roc_auc_score(labels, probs[:, 1])
+        else:
+            value = roc_auc_score(
+                labels, probs, multi_class="ovr", average="macro", labels=list(range(num_classes))
+            )
+    return 100.0 * float(value)
+
+
+def _correlation(fn: Callable[[np.ndarray, np.ndarray], Any]) -> MetricFn:
+    def metric(scores: np.ndarray, labels: np.ndarray) -> float:
+        # Constant input: the correlation is undefined; scipy returns nan and warns, we return nan quietly.
+        if scores.size < 2 or np.ptp(scores) == 0.0 or np.ptp(labels) == 0.0:
+            return math.nan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", stats.ConstantInputWarning)
+            result = fn(scores, labels)
+        return 100.0 * float(result.statistic)
+
+    return metric
+
+
+def _mrr(scores: np.ndarray, labels: np.ndarray) -> float:
+    rows = np.arange(len(labels))
+    gold = scores[rows, labels][:, None]
+    index = np.arange(scores.shape[1])[None, :]
+    ahead = (scores > gold) | ((scores == gold) & (index < labels[:, None]))
+    ranks = 1 + ahead.sum(axis=1)
+    return 100.0 * float(np.mean(1.0 / ranks))
+
+
+_C = TaskType.CLASSIFICATION
+_R = TaskType.REGRESSION
+_K = TaskType.RANKING
+
+METRICS: dict[Metric, MetricSpec] = {
+    Metric.ACC: MetricSpec(_accuracy, frozenset({_C, _K}), higher_is_better=True),
+    Metric.F1: MetricSpec(_binary_f1, frozenset({_C}), higher_is_better=True),
+    Metric.MCC: MetricSpec(_mcc, frozenset({_C}), higher_is_better=True),
+    Metric.PEARSON: MetricSpec(_correlation(stats.pearsonr), frozenset({_R}), higher_is_better=True),
+    Metric.SPEARMAN: MetricSpec(_correlation(stats.spearmanr), frozenset({_R}), higher_is_better=True),
+    Metric.AUC: MetricSpec(_auc, frozenset({_C}), higher_is_better=True),
+    Metric.F1_MACRO: MetricSpec(_averaged_f1("macro"), frozenset({_C}), higher_is_better=True),
+    Metric.F1_MICRO: MetricSpec(_averaged_f1("micro"), frozenset({_C}), higher_is_better=True),
+    Metric.MRR: MetricSpec(_mrr, frozenset({_K}), higher_is_better=True),
+}
+
+
+def check_metric_applicable(task_type: TaskType, metric: Metric) -> None:
+    """Raise ``ValueError`` naming the metric and task type if ``metric`` does not apply to ``task_type``."""
+    spec = METRICS[Metric(metric)]
+    if task_type not in spec.task_types:
+        allowed = ", ".join(sorted(m.value for m, s in METRICS.items() if task_type in s.task_types))
+        raise ValueError(
+            f"metric {Metric(metric).value!r} does not apply to task type {TaskType(task_type).value!r} "
+            f"(applicable: {allowed})"
+        )
+
+
+def _validate_scores(task_type: TaskType, scores: np.ndarray) -> np.ndarray:
+    """Return ``scores`` as float64, [N] for regression and [N, C|K] otherwise; reject malformed input."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim >= 1 and scores.shape[0] == 0:
+        raise ValueError(
+            f"no examples to evaluate for a {task_type.value} task (scores shape {scores.shape})"
+        )
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN (did the model diverge?)")
+    if task_type == TaskType.REGRESSION:
+        if scores.ndim == 2 and scores.shape[1] == 1:
+            scores = scores[:, 0]
+        if scores.ndim != 1:
+            raise ValueError(f"regression scores must be shaped [N] or [N, 1], got {scores.shape}")
+        if not np.isfinite(scores).all():
+            raise ValueError("regression scores contain inf")
+        return scores
+    if scores.ndim != 2 or scores.shape[1] == 0:
+        raise ValueError(f"{task_type.value} scores must be shaped [N, C] with C >= 1, got {scores.shape}")
+    if task_type == TaskType.CLASSIFICATION and not np.isfinite(scores).all():
+        raise ValueError("classification scores contain inf")
+    if task_type == TaskType.RANKING and np.isposinf(scores).any():
+        raise ValueError("ranking scores contain +inf (only -inf is allowed, as padding)")
+    return scores
+
+
+def _validate_labels(task_type: TaskType, labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or labels.shape[0] != scores.shape[0]:
+        raise ValueError(f"labels shaped {labels.shape} do not match scores shaped {scores.shape}")
+    if task_type == TaskType.REGRESSION:
+        labels = labels.astype(np.float64)
+        if not np.isfinite(labels).all():
+            raise ValueError("regression labels contain NaN or inf")
+        return labels
+    as_float = labels.astype(np.float64)
+    if not np.isfinite(as_float).all() or (as_float != np.round(as_float)).any():
+        raise ValueError(f"{task_type.value} labels must be integer indices")
+    labels = as_float.astype(np.int64)
+    width = scores.shape[1]
+    if labels.min() < 0 or labels.max() >= width:
+        raise ValueError(
+            f"{task_type.value} labels must lie in [0, {width}), got {labels.min()}..{labels.max()}"
+        )
+    if task_type == TaskType.RANKING:
+        padded = np.isneginf(scores[np.arange(len(labels)), labels])
+        if padded.any():
+            row = int(np.flatnonzero(padded)[0])
+            raise ValueError(f"ranking label of example {row} points at a -inf padding slot")
+    return labels
+
+
+def predictions_from_scores(task_type: TaskType, scores: np.ndarray) -> np.ndarray:
+    """Argmax indices (int64) for classification and ranking; the flat score [N] for regression."""
+    task_type = TaskType(task_type)
+    scores = _validate_scores(task_type, scores)
+    if task_type == TaskType.REGRESSION:
+        return scores
+    return _argmax(scores)
+
+
+def compute_metrics(
+    task_type: TaskType, metrics: Sequence[Metric], scores: np.ndarray, labels: np.ndarray
+) -> dict[str, float]:
+    """Compute each metric (0-100 scale) and return ``{metric.value: value}`` in the order given."""
+    task_type = TaskType(task_type)
+    wanted = [Metric(metric) for metric in metrics]
+    for metric in wanted:
+        check_metric_applicable(task_type, metric)
+    scores = _validate_scores(task_type, scores)
+    labels = _validate_labels(task_type, labels, scores)
+    return {metric.value: METRICS[metric].fn(scores, labels) for metric in wanted}
