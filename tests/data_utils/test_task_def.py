@@ -116,33 +116,88 @@ def test_to_dict_round_trips() -> None:
 @pytest.mark.parametrize(
     ("body", "key", "fragment"),
     [
-        ("task_type: classification\n  data_format: premise_only\n  n_class: 2\n  drop_out: 0.1", "drop_out", "unknown key"),
+        (
+            "task_type: classification\n  data_format: premise_only\n  n_class: 2\n  drop_out: 0.1",
+            "drop_out",
+            "unknown key",
+        ),
         ("task_type: Clasification\n  data_format: premise_only\n  n_class: 2", "task_type", "unknown value"),
-        ("task_type: classification\n  data_format: PremiseAndTwo\n  n_class: 2", "data_format", "unknown value"),
-        ("task_type: classification\n  data_format: premise_only\n  n_class: 3\n  labels: [a, b]", "n_class", "2 labels"),
+        (
+            "task_type: classification\n  data_format: PremiseAndTwo\n  n_class: 2",
+            "data_format",
+            "unknown value",
+        ),
+        (
+            "task_type: classification\n  data_format: premise_only\n  n_class: 3\n  labels: [a, b]",
+            "n_class",
+            "2 labels",
+        ),
         ("task_type: regression\n  data_format: premise_only\n  n_class: 2", "n_class", "must be 1"),
         ("task_type: ranking\n  data_format: premise_and_one_hypothesis", "data_format", "does not fit"),
         ("data_format: premise_only\n  n_class: 2", "task_type", "missing required key"),
         ("task_type: classification\n  n_class: 2", "data_format", "missing required key"),
         ("task_type: classification\n  data_format: premise_only", "n_class", "missing required key"),
-        ("task_type: classification\n  data_format: premise_only\n  n_class: 2\n  metric_meta: [Pearson]", "metrics", "does not apply"),
-        ("task_type: classification\n  data_format: premise_only\n  n_class: 2\n  metric_meta: [ACCURACY]", "metrics", "unknown value"),
-        ("task_type: classification\n  data_format: premise_only\n  n_class: 2\n  loss: MseCriterion", "loss", "does not fit"),
-        ("task_type: classification\n  data_format: premise_only\n  n_class: 2\n  loss: FooCriterion", "loss", "unknown value"),
+        (
+            "task_type: classification\n  data_format: premise_only\n  n_class: 2\n  metric_meta: [Pearson]",
+            "metrics",
+            "does not apply",
+        ),
+        (
+            "task_type: classification\n  data_format: premise_only\n  n_class: 2\n  metric_meta: [ACCURACY]",
+            "metrics",
+            "unknown value",
+        ),
+        (
+            "task_type: classification\n  data_format: premise_only\n  n_class: 2\n  loss: MseCriterion",
+            "loss",
+            "does not fit",
+        ),
+        (
+            "task_type: classification\n  data_format: premise_only\n  n_class: 2\n  loss: FooCriterion",
+            "loss",
+            "unknown value",
+        ),
         ("task_type: regression\n  data_format: premise_only\n  enable_san: true", "head", "SAN head"),
-        ("task_type: classification\n  data_format: premise_only\n  n_class: 2\n  enable_san: maybe", "enable_san", "true or false"),
-        ("task_type: classification\n  data_format: premise_only\n  n_class: 2\n  dropout_p: 1.5", "dropout_p", "outside"),
+        (
+            "task_type: classification\n  data_format: premise_only\n  n_class: 2\n  enable_san: maybe",
+            "enable_san",
+            "true or false",
+        ),
+        (
+            "task_type: classification\n  data_format: premise_only\n  n_class: 2\n  dropout_p: 1.5",
+            "dropout_p",
+            "outside",
+        ),
         ("task_type: classification\n  data_format: premise_only\n  labels: [yes, no]", "labels", "quote it"),
         ("task_type: classification\n  data_format: premise_only\n  labels: [a, a]", "labels", "duplicate"),
         ("task_type: regression\n  data_format: premise_only\n  labels: [a, b]", "labels", "numeric labels"),
-        ("task_type: classification\n  data_format: premise_only\n  n_class: 2\n  adv_k: 0", "adv_k", "integer >= 1"),
-        ("task_type: classification\n  data_format: premise_only\n  n_class: 2\n  split_names: [train, train]", "split_names", "twice"),
-        ("task_type: classification\n  data_format: premise_only\n  n_class: 2\n  loss_weight: 0", "loss_weight", "outside"),
-        ("task_type: classification\n  data_format: premise_only\n  n_class: 2\n  head: san\n  enable_san: true", "enable_san", "given twice"),
+        (
+            "task_type: classification\n  data_format: premise_only\n  n_class: 2\n  adv_k: 0",
+            "adv_k",
+            "integer >= 1",
+        ),
+        (
+            "task_type: classification\n  data_format: premise_only\n  n_class: 2\n  split_names: [train, train]",
+            "split_names",
+            "twice",
+        ),
+        (
+            "task_type: classification\n  data_format: premise_only\n  n_class: 2\n  loss_weight: 0",
+            "loss_weight",
+            "outside",
+        ),
+        (
+            "task_type: classification\n  data_format: premise_only\n  n_class: 2\n  head: san\n  enable_san: true",
+            "enable_san",
+            "given twice",
+        ),
     ],
 )
 def test_validation_errors_name_file_task_and_key(tmp_path: Path, body: str, key: str, fragment: str) -> None:
-    path = write_yaml(tmp_path, f"good:\n  task_type: classification\n  data_format: premise_only\n  n_class: 2\nbad:\n  {body}\n")
+    path = write_yaml(
+        tmp_path,
+        f"good:\n  task_type: classification\n  data_format: premise_only\n  n_class: 2\nbad:\n  {body}\n",
+    )
     with pytest.raises(UserError) as caught:
         load_task_defs(path)
     message = str(caught.value)
@@ -179,7 +234,9 @@ def test_missing_file_is_a_user_error(tmp_path: Path) -> None:
 
 
 def test_unknown_key_suggests_the_close_one(tmp_path: Path) -> None:
-    path = write_yaml(tmp_path, "rte:\n  task_type: classification\n  data_format: premise_only\n  n_clas: 2\n")
+    path = write_yaml(
+        tmp_path, "rte:\n  task_type: classification\n  data_format: premise_only\n  n_clas: 2\n"
+    )
     with pytest.raises(UserError, match="did you mean 'n_class'"):
         load_task_defs(path)
 
@@ -197,9 +254,16 @@ def test_every_shipped_task_def_parses() -> None:
 
 
 def test_a_user_mistake_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
-    path = write_yaml(tmp_path, "rte:\n  task_type: classification\n  data_format: premise_only\n  n_class: 2\n  bogus: 1\n")
-    script = "import sys; from data_utils.errors import exit_on_user_error; from data_utils.task_def import load_task_defs; exit_on_user_error(load_task_defs)(sys.argv[1])"
-    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, cwd=REPO)
+    path = write_yaml(
+        tmp_path, "rte:\n  task_type: classification\n  data_format: premise_only\n  n_class: 2\n  bogus: 1\n"
+    )
+    script = (
+        "import sys; from data_utils.errors import exit_on_user_error; "
+        "from data_utils.task_def import load_task_defs; exit_on_user_error(load_task_defs)(sys.argv[1])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, cwd=REPO
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [f"error: {path}: task 'rte': key 'bogus': unknown key"]
