@@ -54,13 +54,42 @@ def default_cache_dir() -> Path:
     return base / "sources"
 
 
+# pip >= 24 refuses to even download an sdist whose metadata names a direct-URL dependency (bigbench's
+# setup.py does: "bleurt @ file://..."), although --no-deps never installs it. This older pip, installed
+# into a private folder of the cache, still downloads such an sdist as a plain file.
+LEGACY_PIP = "pip==23.2.1"
+
+
+def _run_pip(args: list[str], pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "pip", *args, "--disable-pip-version-check"]
+    return subprocess.run(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False, env=env
+    )
+
+
+def _legacy_pip(cache_root: Path) -> Path:
+    target = cache_root / ".legacy-pip"
+    if not (target / "pip" / "__init__.py").is_file():
+        result = _run_pip(["install", "-q", "--target", str(target), "--no-deps", LEGACY_PIP])
+        if result.returncode != 0:
+            tail = " | ".join(result.stdout.strip().splitlines()[-2:])
+            raise UserError(
+                f"pip install {LEGACY_PIP} into {target} failed (exit {result.returncode}: {tail})"
+            )
+    return target
+
+
 def pip_download(archive: Archive, dest: Path) -> None:
-    """Download one release file with the running interpreter's pip (no dependencies, no install)."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
+    """Download one release file with pip (no dependencies, no install)."""
     binary_flag = "--no-binary" if archive.sdist else "--only-binary"
-    cmd += [binary_flag, ":all:", "-d", str(dest), archive.requirement]
+    args = ["download", "--no-deps", binary_flag, ":all:", "-d", str(dest), archive.requirement]
     print(f"downloading {archive.requirement} ({archive.approx_size}) ...", file=sys.stderr, flush=True)
-    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+    result = _run_pip(args)
+    if result.returncode != 0 and archive.sdist and "direct URL dependencies" in result.stdout:
+        result = _run_pip(args, pythonpath=_legacy_pip(dest.parent))
     if result.returncode != 0:
         tail = " | ".join(result.stdout.strip().splitlines()[-2:])
         raise UserError(
