@@ -370,7 +370,49 @@ def test_pip_download_command_never_installs(monkeypatch: pytest.MonkeyPatch, tm
     with pytest.raises(UserError, match=r"pip download bigbench==1.0.0 failed \(exit 1: ERROR: no network\)"):
         REAL_PIP_DOWNLOAD(BIGBENCH, tmp_path)
     assert seen[0][:5] == [sys.executable, "-m", "pip", "download", "--no-deps"]
-    assert seen[0][-4:] == [":all:", "-d", str(tmp_path), "bigbench==1.0.0"] and "--no-binary" in seen[0]
+    assert seen[0][5:] == [
+        "--no-binary",
+        ":all:",
+        "-d",
+        str(tmp_path),
+        "bigbench==1.0.0",
+        "--disable-pip-version-check",
+    ]
+    assert len(seen) == 1  # an ordinary failure is not retried
+
+
+def test_sdist_refused_by_new_pip_is_fetched_with_the_private_legacy_pip(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls: list[tuple[list[str], str]] = []
+
+    def fake_run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        pythonpath = kwargs["env"].get("PYTHONPATH", "")
+        calls.append((cmd, pythonpath))
+        if cmd[3] == "install":
+            (tmp_path / ".legacy-pip" / "pip").mkdir(parents=True)
+            (tmp_path / ".legacy-pip" / "pip" / "__init__.py").write_text("")
+            return subprocess.CompletedProcess(cmd, 0, stdout="")
+        if ".legacy-pip" in pythonpath:
+            return subprocess.CompletedProcess(cmd, 0, stdout="Saved bigbench-1.0.0.tar.gz\n")
+        return subprocess.CompletedProcess(
+            cmd, 1, stdout="ERROR: Distributions from PyPI cannot declare direct URL dependencies.\n"
+        )
+
+    monkeypatch.setattr(fetch.subprocess, "run", fake_run)
+    dest = tmp_path / ".download-x"
+    dest.mkdir()
+    REAL_PIP_DOWNLOAD(BIGBENCH, dest)
+    assert [cmd[3] for cmd, _ in calls] == ["download", "install", "download"]
+    assert calls[1][0][4:] == [
+        "-q",
+        "--target",
+        str(tmp_path / ".legacy-pip"),
+        "--no-deps",
+        fetch.LEGACY_PIP,
+        "--disable-pip-version-check",
+    ]
+    assert calls[2][1].startswith(str(tmp_path / ".legacy-pip"))
 
 
 # --- user errors ------------------------------------------------------------------------------------------
