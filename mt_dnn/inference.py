@@ -1,0 +1,324 @@
+"""Prediction and evaluation of one task split, and the files they are written to.
+
+``predict`` runs the model over a ``TaskDataset`` in length-sorted batches (longest first, so a batch pads
+little) and puts the scores back in input order. Scores, by task type:
+
+- classification: ``[N, C]`` probabilities, the softmax of the head's output (a SAN head already returns
+  log-probabilities; their softmax is the same distribution);
+- regression: ``[N]`` scores;
+- ranking: ``[N, K]`` candidate scores (``K`` the most candidates of any row), ``-inf`` in the padding slots
+  of rows with fewer candidates.
+
+With ``world_size > 1`` every rank predicts its share of the batches (``EvalBatchSampler``) and the shares
+are exchanged with ``torch.distributed.all_gather_object``, so every rank returns the whole split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from data_utils.atomic import atomic_write_text
+from data_utils.dataset import Batch, Collator, TaskDataset
+from data_utils.enums import TaskType
+from data_utils.metrics import Metric, compute_metrics, predictions_from_scores
+from data_utils.sampler import EvalBatchSampler
+from data_utils.task_def import TaskDef
+
+__all__ = [
+    "EvalResult",
+    "Predictions",
+    "evaluate",
+    "predict",
+    "prediction_records",
+    "ranking_probabilities",
+    "write_glue_submission",
+    "write_predictions_jsonl",
+]
+
+
+@dataclass(eq=False)  # numpy fields: compare their arrays, not the objects
+class Predictions:
+    """One task split's model scores in input order (see the module docstring for their shapes).
+
+    ``labels``: gold class / candidate indices (int64) or scores (float32), ``None`` when unlabelled.
+    ``n_candidates``: the real candidates of each ranking row (int64 ``[N]``); ``None`` for other tasks.
+    """
+
+    task: str
+    uids: list[str]
+    scores: np.ndarray
+    labels: np.ndarray | None
+    n_candidates: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+
+@dataclass(eq=False)
+class EvalResult:
+    """``metrics``: ``{metric name: value on a 0-100 scale}``, empty when the split has no labels."""
+
+    metrics: dict[str, float]
+    predictions: Predictions = field(repr=False)
+
+
+@dataclass(eq=False)
+class _BatchOutput:
+    """One batch's results on the host: original row indices and what the model said about those rows."""
+
+    indices: np.ndarray
+    uids: list[str]
+    scores: np.ndarray
+    labels: np.ndarray | None
+    n_candidates: np.ndarray | None
+
+
+def predict(
+    model: nn.Module,
+    dataset: TaskDataset,
+    collator: Collator,
+    *,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Predictions:
+    """Score every row of ``dataset`` with ``model`` (already on ``device``) and return them in input order.
+
+    Runs in eval mode under ``torch.inference_mode``; the train/eval mode of every submodule is restored
+    afterwards. ``autocast_dtype`` (``torch.bfloat16`` / ``torch.float16``) runs the forward under autocast;
+    scores are always float32. One device-to-host copy per batch.
+    """
+    device = torch.device(device)
+    if world_size > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise ValueError(f"world_size={world_size} needs an initialised torch.distributed process group")
+    sampler = EvalBatchSampler(
+        len(dataset), batch_size, lengths=dataset.lengths, rank=rank, world_size=world_size
+    )
+    task_def = dataset.task_def
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    outputs: list[_BatchOutput] = []
+    try:
+        with torch.inference_mode():
+            for indices in sampler.batches:
+                batch = collator([dataset[int(i)] for i in indices])
+                outputs.append(_predict_batch(model, task_def, batch, indices, device, autocast_dtype))
+    finally:
+        for module, training in modes:
+            module.training = training
+    if world_size > 1:
+        gathered: list[list[_BatchOutput] | None] = [None] * world_size
+        torch.distributed.all_gather_object(gathered, outputs)
+        outputs = [output for part in gathered for output in (part or [])]
+    return _assemble(task_def, outputs, len(dataset))
+
+
+def _predict_batch(
+    model: nn.Module,
+    task_def: TaskDef,
+    batch: Batch,
+    indices: np.ndarray,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+) -> _BatchOutput:
+    labels = None if batch.labels is None else batch.labels.numpy()
+    n_candidates = None
+    pinned = batch.pin_memory() if device.type == "cuda" else batch
+    on_device = pinned.to(device, non_blocking=True)
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    with autocast:
+        output = model(
+            batch.task,
+            on_device.input_ids,
+            on_device.attention_mask,
+            on_device.token_type_ids,
+            n_candidates=batch.n_candidates,
+        )
+    output = output.float()
+    if task_def.task_type is TaskType.CLASSIFICATION:
+        output = torch.softmax(output, dim=-1)
+    elif task_def.task_type is TaskType.RANKING:
+        assert batch.candidate_mask is not None and on_device.candidate_mask is not None
+        output = output.masked_fill(~on_device.candidate_mask, float("-inf"))
+        n_candidates = batch.candidate_mask.sum(dim=1).numpy().astype(np.int64)
+    return _BatchOutput(
+        indices=np.asarray(indices, dtype=np.int64),
+        uids=list(batch.uids),
+        scores=output.cpu().numpy(),  # the batch's one host transfer
+        labels=labels,
+        n_candidates=n_candidates,
+    )
+
+
+def _assemble(task_def: TaskDef, outputs: Sequence[_BatchOutput], n_rows: int) -> Predictions:
+    """Scatter per-batch results back to input order; every row must be covered exactly once."""
+    task_type = task_def.task_type
+    if task_type is TaskType.REGRESSION:
+        scores = np.zeros(n_rows, dtype=np.float32)
+    elif task_type is TaskType.RANKING:
+        width = max((output.scores.shape[1] for output in outputs), default=0)
+        scores = np.full((n_rows, width), -np.inf, dtype=np.float32)
+    else:
+        scores = np.zeros((n_rows, task_def.n_class), dtype=np.float32)
+    uids: list[str | None] = [None] * n_rows
+    labelled = [output.labels is not None for output in outputs]
+    if any(labelled) and not all(labelled):
+        raise ValueError(f"task '{task_def.name}': some batches have labels and some do not")
+    labels: np.ndarray | None = None
+    if outputs and all(labelled):
+        labels = np.zeros(n_rows, dtype=outputs[0].labels.dtype)  # type: ignore[union-attr]
+    n_candidates = np.zeros(n_rows, dtype=np.int64) if task_type is TaskType.RANKING else None
+    seen = np.zeros(n_rows, dtype=bool)
+    for output in outputs:
+        rows = output.indices
+        if seen[rows].any():
+            raise ValueError(f"task '{task_def.name}': row {int(rows[seen[rows]][0])} was predicted twice")
+        seen[rows] = True
+        if task_type is TaskType.RANKING:
+            scores[rows, : output.scores.shape[1]] = output.scores
+        else:
+            scores[rows] = output.scores
+        for row, uid in zip(rows.tolist(), output.uids, strict=True):
+            uids[row] = uid
+        if labels is not None:
+            labels[rows] = output.labels
+        if n_candidates is not None and output.n_candidates is not None:
+            n_candidates[rows] = output.n_candidates
+    if not seen.all():
+        raise ValueError(f"task '{task_def.name}': row {int(np.flatnonzero(~seen)[0])} was never predicted")
+    return Predictions(
+        task=task_def.name,
+        uids=[str(uid) for uid in uids],
+        scores=scores,
+        labels=labels,
+        n_candidates=n_candidates,
+    )
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: TaskDataset,
+    collator: Collator,
+    *,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    metrics: Sequence[Metric] | None = None,
+) -> EvalResult:
+    """``predict``, then the task's metrics (``metrics`` overrides ``task_def.metrics``) when labelled.
+
+    Scores holding NaN (a diverged model) give every metric as NaN rather than an exception, so a training
+    run's evaluation logs the divergence and goes on; ``predictions`` still holds the raw scores.
+    """
+    predictions = predict(
+        model,
+        dataset,
+        collator,
+        batch_size=batch_size,
+        device=device,
+        autocast_dtype=autocast_dtype,
+        rank=rank,
+        world_size=world_size,
+    )
+    task_def = dataset.task_def
+    values: dict[str, float] = {}
+    if predictions.labels is not None and len(predictions):
+        wanted = task_def.metrics if metrics is None else tuple(metrics)
+        if np.isnan(predictions.scores).any():
+            values = {Metric(metric).value: math.nan for metric in wanted}
+        else:
+            values = compute_metrics(task_def.task_type, wanted, predictions.scores, predictions.labels)
+    return EvalResult(metrics=values, predictions=predictions)
+
+
+# --- output files ----------------------------------------------------------------------------------------
+
+
+def ranking_probabilities(scores: np.ndarray) -> np.ndarray:
+    """Softmax over each row's candidates; ``-inf`` (padding) slots get probability 0."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.size == 0:
+        return scores.copy()
+    top = scores.max(axis=1, keepdims=True)
+    exp = np.exp(scores - np.where(np.isfinite(top), top, 0.0))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _label_repr(task_def: TaskDef, value: Any) -> str | int | float:
+    """A class index as its label name (when the task names its labels), a score as a float."""
+    if task_def.task_type is TaskType.REGRESSION:
+        return float(value)
+    index = int(value)
+    if task_def.task_type is TaskType.CLASSIFICATION and task_def.labels is not None:
+        return task_def.labels[index]
+    return index
+
+
+def prediction_records(task_def: TaskDef, predictions: Predictions) -> list[dict[str, Any]]:
+    """One JSON-able dict per row, in input order: ``uid``, ``prediction``, ``probabilities`` (classes, or
+    the real candidates for ranking; absent for regression) and the gold ``label`` when the split has one.
+
+    Raises ``ValueError`` when the scores hold NaN.
+    """
+    task_type = task_def.task_type
+    predicted = predictions_from_scores(task_type, predictions.scores)
+    if task_type is TaskType.RANKING:
+        probabilities: np.ndarray | None = ranking_probabilities(predictions.scores)
+    elif task_type is TaskType.CLASSIFICATION:
+        probabilities = np.asarray(predictions.scores, dtype=np.float64)
+    else:
+        probabilities = None
+    counts = predictions.n_candidates
+    records: list[dict[str, Any]] = []
+    for i, uid in enumerate(predictions.uids):
+        record: dict[str, Any] = {"uid": uid, "prediction": _label_repr(task_def, predicted[i])}
+        if probabilities is not None:
+            row = probabilities[i]
+            if task_type is TaskType.RANKING:
+                row = row[: int(counts[i])] if counts is not None else row[np.isfinite(predictions.scores[i])]
+            record["probabilities"] = row.tolist()
+        if predictions.labels is not None:
+            record["label"] = _label_repr(task_def, predictions.labels[i])
+        records.append(record)
+    return records
+
+
+def write_predictions_jsonl(path: str | Path, records: Sequence[Mapping[str, Any]]) -> None:
+    """One JSON object per line (strict JSON: no NaN), written atomically."""
+    text = "".join(json.dumps(dict(record), ensure_ascii=False, allow_nan=False) + "\n" for record in records)
+    atomic_write_text(path, text)
+
+
+def write_glue_submission(path: str | Path, task_def: TaskDef, predictions: Predictions) -> None:
+    """GLUE's submission TSV: header ``index<TAB>prediction``, one row per example in input order, 0-based
+    index; the label name (or class index) for classification, the score for regression."""
+    predicted = predictions_from_scores(task_def.task_type, predictions.scores)
+    lines = ["index\tprediction"]
+    for i, value in enumerate(predicted):
+        shown = _label_repr(task_def, value)
+        lines.append(f"{i}\t{_format_score(shown) if isinstance(shown, float) else shown}")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _format_score(value: float) -> str:
+    if not math.isfinite(value):
+        raise ValueError(f"cannot write a non-finite score {value!r}")
+    return f"{value:.6f}"

@@ -1,0 +1,228 @@
+"""The MT-DNN model: one shared HF encoder, one head per task, saved as an HF folder plus safetensors heads.
+
+Checkpoint layout (``save`` / ``load``)::
+
+    <dir>/encoder/            encoder.save_pretrained + tokenizer (loads with plain AutoModel.from_pretrained)
+    <dir>/heads.safetensors   every head's weights, keys "<task>.<param>"
+    <dir>/mtdnn.json          task definitions, model options, versions, and the caller's extra metadata
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+import transformers
+from torch import Tensor, nn
+from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
+
+from data_utils import prepro
+from data_utils.atomic import atomic_directory
+from data_utils.enums import TaskType
+from data_utils.errors import UserError
+from data_utils.task_def import TaskDef, parse_task_def
+from module.heads import SANConfig, build_head
+
+CHECKPOINT_FORMAT = 1
+ENCODER_DIR = "encoder"
+HEADS_FILE = "heads.safetensors"
+CONFIG_FILE = "mtdnn.json"
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How heads are built on the encoder (saved with the checkpoint)."""
+
+    use_encoder_pooler: bool = False
+    san: SANConfig = field(default_factory=SANConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"use_encoder_pooler": self.use_encoder_pooler, "san": asdict(self.san)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelOptions:
+        return cls(
+            use_encoder_pooler=bool(data.get("use_encoder_pooler", False)),
+            san=SANConfig(**data.get("san", {})),
+        )
+
+
+class MTDNNModel(nn.Module):
+    """``model(task, input_ids, attention_mask, token_type_ids, n_candidates=K)`` -> the task head's output.
+
+    Outputs: classification ``[B, C]`` logits (SAN: log-probabilities), regression ``[B]``, ranking ``[B, K]``
+    candidate scores (ranking inputs are ``[B*K, L]``, candidate ``k`` of row ``b`` at ``b*K + k``).
+    """
+
+    def __init__(
+        self,
+        encoder: PreTrainedModel,
+        task_defs: Mapping[str, TaskDef],
+        options: ModelOptions | None = None,
+    ) -> None:
+        super().__init__()
+        if not task_defs:
+            raise ValueError("a model needs at least one task")
+        self.options = options or ModelOptions()
+        if not self.options.use_encoder_pooler and getattr(encoder, "pooler", None) is not None:
+            # An unused pooler would hold parameters without gradients (DDP's unused-parameter error).
+            encoder.pooler = None
+        self.encoder = encoder
+        self.task_defs: dict[str, TaskDef] = dict(task_defs)
+        hidden_size = int(encoder.config.hidden_size)
+        self.heads = nn.ModuleDict(
+            {
+                name: build_head(
+                    task.task_type,
+                    task.head,
+                    hidden_size,
+                    task.n_class,
+                    task.dropout_p,
+                    use_encoder_pooler=self.options.use_encoder_pooler,
+                    san_config=self.options.san,
+                )
+                for name, task in self.task_defs.items()
+            }
+        )
+
+    @classmethod
+    def from_encoder(
+        cls, encoder_path: str | Path, task_defs: Mapping[str, TaskDef], options: ModelOptions | None = None
+    ) -> MTDNNModel:
+        """A fresh model on a pretrained encoder (HF folder or our checkpoint's ``encoder/``)."""
+        return cls(load_encoder(encoder_path), task_defs, options)
+
+    def perturbation_target(self) -> nn.Module:
+        """The module whose output adversarial methods perturb: the encoder's word embeddings."""
+        return self.encoder.get_input_embeddings()
+
+    def forward(
+        self,
+        task: str,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        token_type_ids: Tensor | None = None,
+        *,
+        n_candidates: int = 1,
+    ) -> Tensor:
+        task_def = self.task_defs.get(task)
+        if task_def is None:
+            raise KeyError(f"task '{task}' has no head (tasks: {', '.join(self.task_defs)})")
+        encoder_inputs: dict[str, Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            encoder_inputs["token_type_ids"] = token_type_ids
+        encoded = self.encoder(**encoder_inputs, return_dict=True)
+        pooled = getattr(encoded, "pooler_output", None)
+        head = self.heads[task]
+        if task_def.task_type is TaskType.RANKING:
+            return head(
+                encoded.last_hidden_state, attention_mask, token_type_ids, pooled, n_candidates=n_candidates
+            )
+        outputs = head(encoded.last_hidden_state, attention_mask, token_type_ids, pooled)
+        return outputs.squeeze(-1) if task_def.task_type is TaskType.REGRESSION else outputs
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(
+        self,
+        path: str | Path,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write the checkpoint folder atomically (a kill mid-save keeps the previous one)."""
+        with atomic_directory(path) as tmp:
+            self.save_to(tmp, tokenizer, metadata)
+
+    def save_to(
+        self,
+        folder: Path,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write the checkpoint files into an existing (temporary) folder; ``save`` makes it atomic."""
+        self.encoder.save_pretrained(folder / ENCODER_DIR, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder / ENCODER_DIR)
+        heads = {key: value.detach().cpu().contiguous() for key, value in self.heads.state_dict().items()}
+        safetensors.torch.save_file(heads, str(folder / HEADS_FILE), metadata={"format": "pt"})
+        config = {
+            "format_version": CHECKPOINT_FORMAT,
+            "task_defs": {name: task.to_dict() for name, task in self.task_defs.items()},
+            "model": self.options.to_dict(),
+            "versions": _versions(),
+            "metadata": dict(metadata or {}),
+        }
+        (folder / CONFIG_FILE).write_text(
+            json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> MTDNNModel:
+        config = read_checkpoint_config(path)
+        path = Path(path)
+        source = str(path / CONFIG_FILE)
+        task_defs = {
+            name: parse_task_def(name, entry, source=source) for name, entry in config["task_defs"].items()
+        }
+        model = cls(
+            load_encoder(path / ENCODER_DIR), task_defs, ModelOptions.from_dict(config.get("model", {}))
+        )
+        heads = safetensors.torch.load_file(str(path / HEADS_FILE), device=str(map_location))
+        missing, unexpected = model.heads.load_state_dict(heads, strict=False)
+        if missing or unexpected:
+            raise UserError(
+                f"{path / HEADS_FILE}: heads do not match {CONFIG_FILE} "
+                f"(missing {missing}, unexpected {unexpected})"
+            )
+        return model.to(map_location)
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
+    config_path = Path(path) / CONFIG_FILE
+    if not config_path.is_file():
+        raise UserError(f"{path}: not an smart-mtdnn checkpoint (no {CONFIG_FILE})")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise UserError(f"{config_path}: damaged checkpoint config ({error})") from None
+    if config.get("format_version") != CHECKPOINT_FORMAT:
+        raise UserError(
+            f"{config_path}: checkpoint format {config.get('format_version')} is not {CHECKPOINT_FORMAT}"
+        )
+    return config
+
+
+def encoder_dir(path: str | Path) -> Path:
+    """An HF model folder as given, or our checkpoint's ``encoder/`` subfolder."""
+    path = Path(path)
+    return path / ENCODER_DIR if is_checkpoint(path) else path
+
+
+def load_encoder(path: str | Path) -> PreTrainedModel:
+    try:
+        return AutoModel.from_pretrained(str(encoder_dir(path)))
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path}: cannot load an encoder: {str(error).splitlines()[0]}") from None
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The fast tokenizer of an HF folder or of our checkpoint."""
+    return prepro.load_tokenizer(encoder_dir(path))
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,74 @@
+"""Run logs: JSONL metrics (one object per train window / evaluation), a text log, optional TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("mt_dnn")
+
+
+class RunLog:
+    """Appends to ``<out>/metrics.jsonl`` and mirrors scalars to TensorBoard when asked and installed."""
+
+    def __init__(self, out: Path, tensorboard: bool = False) -> None:
+        self.path = out / "metrics.jsonl"
+        self._file = self.path.open("a", encoding="utf-8")
+        self._start = time.perf_counter()
+        self._writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                logger.warning("--tensorboard: the tensorboard package is not installed; logging JSONL only")
+            else:
+                self._writer = SummaryWriter(log_dir=str(out / "tensorboard"))
+
+    def _write(self, record: Mapping[str, Any]) -> None:
+        self._file.write(json.dumps({**record, "time": round(time.perf_counter() - self._start, 3)}) + "\n")
+        self._file.flush()
+
+    def train(self, step: int, epoch: int, lr: float, losses: Mapping[str, float]) -> None:
+        self._write({"type": "train", "step": step, "epoch": epoch, "lr": lr, "loss": dict(losses)})
+        logger.info(
+            "step %d epoch %d lr %.3g loss %s",
+            step,
+            epoch,
+            lr,
+            " ".join(f"{task}={value:.4f}" for task, value in losses.items()),
+        )
+        if self._writer is not None:
+            self._writer.add_scalar("train/lr", lr, step)
+            for task, value in losses.items():
+                self._writer.add_scalar(f"train/loss/{task}", value, step)
+
+    def eval(self, step: int, epoch: int, task: str, split: str, metrics: Mapping[str, float]) -> None:
+        self._write(
+            {
+                "type": "eval",
+                "step": step,
+                "epoch": epoch,
+                "task": task,
+                "split": split,
+                "metrics": dict(metrics),
+            }
+        )
+        logger.info(
+            "step %d eval %s/%s %s",
+            step,
+            task,
+            split,
+            " ".join(f"{name}={value:.2f}" for name, value in metrics.items()),
+        )
+        if self._writer is not None:
+            for name, value in metrics.items():
+                self._writer.add_scalar(f"eval/{task}_{split}/{name}", value, step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._writer is not None:
+            self._writer.close()

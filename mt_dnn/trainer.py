@@ -1,0 +1,472 @@
+"""The multi-task training loop, top to bottom.
+
+sampler -> batch (one task) -> forward -> task loss x task weight -> backward (x grad_accumulation_step)
+-> clip -> optimizer -> scheduler -> log; evaluate every dev split each epoch (and every N steps), keep the
+best checkpoint, and a resumable ``last`` checkpoint.
+
+Output folder::
+
+    <output_dir>/last/        checkpoint (MTDNNModel.save layout) + trainer_state.pt (resume)
+    <output_dir>/best/        checkpoint with the best --best_metric so far
+    <output_dir>/metrics.jsonl  one JSON object per train-log window and per evaluation
+    <output_dir>/results.json   the final summary
+    <output_dir>/train.log
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase, set_seed
+
+from data_utils.atomic import atomic_directory, atomic_write_json
+from data_utils.cache import load_split, read_manifest, split_dir
+from data_utils.dataset import Collator, MultiTaskDataset, TaskDataset
+from data_utils.enums import TaskType
+from data_utils.errors import UserError
+from data_utils.metrics import METRICS
+from data_utils.prepro import tokenizer_fingerprint
+from data_utils.sampler import MultiTaskBatchSampler, SamplingStrategyName, make_strategy
+from data_utils.task_def import TaskDef, load_task_defs
+from module.losses import task_loss
+from mt_dnn.config import TrainConfig
+from mt_dnn.inference import evaluate
+from mt_dnn.model import ModelOptions, MTDNNModel, is_checkpoint, load_tokenizer
+from mt_dnn.optim import build_optimizer, build_scheduler
+from mt_dnn.run_log import RunLog
+
+logger = logging.getLogger("mt_dnn.trainer")
+
+STATE_FILE = "trainer_state.pt"
+STATE_VERSION = 1
+# Config keys that must match for --resume to continue the same run.
+_RESUME_KEYS = (
+    "train_datasets",
+    "batch_size",
+    "grad_accumulation_step",
+    "epochs",
+    "seed",
+    "sampling",
+    "mix_opt",
+    "ratio",
+    "temperature",
+    "bucket_window",
+    "learning_rate",
+    "scheduler_type",
+    "warmup",
+)
+
+
+class TrainingDiverged(UserError):
+    """Too many non-finite losses in a row."""
+
+
+@dataclass
+class RunData:
+    task_defs: dict[str, TaskDef]
+    train: MultiTaskDataset
+    evals: dict[tuple[str, str], TaskDataset]
+    collator: Collator
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_run_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> RunData:
+    """Task definitions, the train splits and every labelled eval split found in the token-id cache."""
+    all_defs = load_task_defs(config.task_def, default_dropout_p=config.dropout_p)
+    eval_tasks = config.test_datasets or config.train_datasets
+    for name in [*config.train_datasets, *eval_tasks]:
+        if name not in all_defs:
+            raise UserError(
+                f"{config.task_def}: task '{name}' is not defined (defined: {', '.join(all_defs)})"
+            )
+    task_defs = {name: all_defs[name] for name in dict.fromkeys([*config.train_datasets, *eval_tasks])}
+    _check_cache_tokenizer(config.data_dir, tokenizer)
+
+    train = MultiTaskDataset(
+        {
+            name: _task_dataset(config.data_dir, task_defs[name], task_defs[name].train_split)
+            for name in config.train_datasets
+        }
+    )
+    evals: dict[tuple[str, str], TaskDataset] = {}
+    for name in eval_tasks:
+        for split in task_defs[name].eval_splits:
+            if (split_dir(config.data_dir, name, split) / "meta.json").is_file():
+                dataset = _task_dataset(config.data_dir, task_defs[name], split)
+                if dataset.split.has_labels and len(dataset):
+                    evals[(name, split)] = dataset
+    collator = Collator(task_defs, pad_token_id=int(tokenizer.pad_token_id or 0))
+    return RunData(task_defs=task_defs, train=train, evals=evals, collator=collator)
+
+
+def _task_dataset(data_dir: str, task_def: TaskDef, split: str) -> TaskDataset:
+    path = split_dir(data_dir, task_def.name, split)
+    if not (path / "meta.json").is_file():
+        raise UserError(
+            f"{path}: no token-id cache for task '{task_def.name}' split '{split}' (run prepro_std.py)"
+        )
+    return TaskDataset(task_def, load_split(path))
+
+
+def _check_cache_tokenizer(data_dir: str, tokenizer: PreTrainedTokenizerBase) -> None:
+    manifest = read_manifest(data_dir)
+    cached = manifest.get("tokenizer", {})
+    if not cached:
+        return
+    ours = tokenizer_fingerprint(tokenizer)
+    if cached.get("sha256") and cached.get("sha256") != ours["sha256"]:
+        raise UserError(
+            f"{data_dir}: the token-id cache was built with tokenizer {cached.get('name_or_path')!r}, "
+            f"not the one of --init_checkpoint ({ours['name_or_path']!r}); run prepro_std.py with that model"
+        )
+
+
+def build_model(config: TrainConfig, task_defs: Mapping[str, TaskDef]) -> MTDNNModel:
+    """A model on ``--init_checkpoint``; from one of our checkpoints, heads of tasks it shares carry over."""
+    model = MTDNNModel.from_encoder(
+        config.init_checkpoint, task_defs, ModelOptions(use_encoder_pooler=config.use_encoder_pooler)
+    )
+    if is_checkpoint(config.init_checkpoint):
+        source = MTDNNModel.load(config.init_checkpoint)
+        for name, head in model.heads.items():
+            if name in source.heads and source.task_defs[name].to_dict() == model.task_defs[name].to_dict():
+                head.load_state_dict(source.heads[name].state_dict())
+                logger.info("head '%s' initialised from %s", name, config.init_checkpoint)
+    return model
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.out = Path(config.output_dir)
+        self.device = resolve_device(config.device)
+        set_seed(config.seed)
+        self.tokenizer = load_tokenizer(config.init_checkpoint)
+        self.data = load_run_data(config, self.tokenizer)
+        self.model = build_model(config, self.data.task_defs).to(self.device)
+
+        strategy_args: dict[str, Any] = {}
+        if config.sampling is SamplingStrategyName.MIX_OPT:
+            strategy_args = {"ratio": config.ratio, "mix_opt": config.mix_opt}
+        elif config.sampling is SamplingStrategyName.TEMPERATURE:
+            strategy_args = {"temperature": config.temperature}
+        self.sampler = MultiTaskBatchSampler(
+            self.data.train.task_sizes,
+            config.batch_size,
+            make_strategy(config.sampling, **strategy_args),
+            seed=config.seed,
+            lengths=self.data.train.lengths if config.bucket_window else None,
+            bucket_window=config.bucket_window,
+        )
+        self.loader = DataLoader(
+            self.data.train,
+            batch_sampler=self.sampler,
+            collate_fn=self.data.collator,
+            num_workers=config.num_workers,
+            pin_memory=self.device.type == "cuda",
+            # Its own generator: creating an iterator must not draw from the global RNG (dropout's).
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+        self.steps_per_epoch = math.ceil(len(self.sampler) / config.grad_accumulation_step)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.optimizer = build_optimizer(self.model, config, self.device)
+        self.scheduler = build_scheduler(self.optimizer, config, self.total_steps)
+
+        self.step = 0  # optimizer steps taken
+        self.epoch = 0
+        self.batches_in_epoch = 0  # micro-batches consumed in the current epoch
+        self.best_score: float | None = None
+        self.best_step = -1
+        self.nonfinite_total = 0
+        self.nonfinite_in_a_row = 0
+        self.last_eval: dict[str, dict[str, float]] = {}
+        self._best_key = _parse_best_metric(config.best_metric, self.data)
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self, until_step: int | None = None) -> dict[str, Any]:
+        """Train to the end (or stop, checkpointed, after ``until_step`` optimizer steps) and summarise."""
+        config = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        if config.resume:
+            self._resume()
+        log = RunLog(self.out, tensorboard=config.tensorboard)
+        start_time = time.perf_counter()
+        logger.info(
+            "training %s on %s: %d steps (%d per epoch), %d eval splits",
+            ", ".join(config.train_datasets),
+            self.device,
+            self.total_steps,
+            self.steps_per_epoch,
+            len(self.data.evals),
+        )
+        progress = tqdm(total=self.total_steps, initial=self.step, disable=not config.progress, desc="train")
+        window = _LossWindow(self.device)
+        stopped_early = False
+        while self.epoch < config.epochs and not stopped_early:
+            self.model.train()
+            self.sampler.set_epoch(self.epoch)
+            accumulated = 0
+            for batch in self.loader:
+                batch = batch.to(self.device, non_blocking=True)
+                loss = self._loss(batch)
+                (loss / config.grad_accumulation_step).backward()
+                window.add(batch.task, loss.detach())
+                self.batches_in_epoch += 1
+                accumulated += 1
+                if accumulated == config.grad_accumulation_step or self.batches_in_epoch == len(self.sampler):
+                    self._optimizer_step()
+                    accumulated = 0
+                    progress.update(1)
+                    if config.log_every_steps and self.step % config.log_every_steps == 0:
+                        log.train(
+                            self.step, self.epoch, self.scheduler.get_last_lr()[0], window.read_and_reset()
+                        )
+                    if config.eval_every_steps and self.step % config.eval_every_steps == 0:
+                        self._evaluate_and_keep_best(log)
+                    if config.save_every_steps and self.step % config.save_every_steps == 0:
+                        self._save_last()
+                    if until_step is not None and self.step >= until_step:
+                        stopped_early = True
+                        break
+            if stopped_early:
+                break
+            self.epoch += 1
+            self.batches_in_epoch = 0
+            if window.has_data():
+                log.train(self.step, self.epoch, self.scheduler.get_last_lr()[0], window.read_and_reset())
+            self._evaluate_and_keep_best(log)
+            self._save_last()
+        progress.close()
+        if stopped_early:
+            self._save_last()
+        results = self._results(time.perf_counter() - start_time, finished=not stopped_early)
+        atomic_write_json(self.out / "results.json", results)
+        log.close()
+        return results
+
+    def _loss(self, batch: Any) -> torch.Tensor:
+        task_def = self.data.task_defs[batch.task]
+        outputs = self.model(
+            batch.task,
+            batch.input_ids,
+            batch.attention_mask,
+            batch.token_type_ids,
+            n_candidates=batch.n_candidates,
+        )
+        mask = batch.candidate_mask if task_def.task_type is TaskType.RANKING else None
+        return task_loss(task_def.loss, outputs, batch.labels, mask=mask) * task_def.loss_weight
+
+    def _optimizer_step(self) -> None:
+        """Clip, step, schedule. A non-finite grad norm skips the update (counted; too many in a row stop)."""
+        max_norm = self.config.grad_clipping if self.config.grad_clipping > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if torch.isfinite(grad_norm):
+            self.optimizer.step()
+            self.nonfinite_in_a_row = 0
+        else:
+            self.nonfinite_total += 1
+            self.nonfinite_in_a_row += 1
+            logger.warning("non-finite loss/gradient at step %d: update skipped", self.step + 1)
+            if self.nonfinite_in_a_row >= self.config.max_nonfinite_steps:
+                raise TrainingDiverged(
+                    f"training diverged: {self.nonfinite_in_a_row} non-finite losses in a row "
+                    f"at step {self.step + 1} "
+                    f"(try a lower --learning_rate or --grad_clipping)"
+                )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _evaluate_and_keep_best(self, log: RunLog) -> None:
+        scores: dict[str, dict[str, float]] = {}
+        for (task, split), dataset in self.data.evals.items():
+            result = evaluate(
+                self.model,
+                dataset,
+                self.data.collator,
+                batch_size=self.config.batch_size_eval,
+                device=self.device,
+            )
+            scores[f"{task}_{split}"] = result.metrics
+            log.eval(self.step, self.epoch, task, split, result.metrics)
+        self.model.train()
+        self.last_eval = scores
+        score = self._best_key.score(scores)
+        if score is not None and (self.best_score is None or score > self.best_score):
+            self.best_score, self.best_step = score, self.step
+            self.model.save(self.out / "best", self.tokenizer, metadata=self._metadata(scores))
+            logger.info("step %d: new best %s = %.3f", self.step, self._best_key.describe(), score)
+
+    # ------------------------------------------------------------------ checkpoints and resume
+
+    def _metadata(self, scores: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "config": self.config.to_dict(),
+            "eval": dict(scores or {}),
+        }
+
+    def _save_last(self) -> None:
+        state = {
+            "version": STATE_VERSION,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batches_in_epoch": self.batches_in_epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(steps_consumed=self.batches_in_epoch),
+            "rng": _rng_state(),
+            "best_score": self.best_score,
+            "best_step": self.best_step,
+            "nonfinite_total": self.nonfinite_total,
+            "config": {key: self.config.to_dict()[key] for key in _RESUME_KEYS},
+        }
+        with atomic_directory(self.out / "last") as tmp:
+            self.model.save_to(tmp, self.tokenizer, metadata=self._metadata(self.last_eval))
+            torch.save(state, tmp / STATE_FILE)
+
+    def _resume(self) -> None:
+        last = self.out / "last"
+        if not (last / STATE_FILE).is_file():
+            logger.info("--resume: no %s yet, starting from scratch", last / STATE_FILE)
+            return
+        state = torch.load(last / STATE_FILE, map_location="cpu", weights_only=True)
+        ours = {key: self.config.to_dict()[key] for key in _RESUME_KEYS}
+        changed = [key for key in _RESUME_KEYS if state["config"].get(key) != ours[key]]
+        if changed:
+            raise UserError(
+                f"{last / STATE_FILE}: cannot resume: --{changed[0]} differs from the interrupted run"
+            )
+        resumed = MTDNNModel.load(last, map_location=self.device)
+        self.model.load_state_dict(resumed.state_dict())
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        _set_rng_state(state["rng"])
+        self.step, self.epoch, self.batches_in_epoch = (
+            state["step"],
+            state["epoch"],
+            state["batches_in_epoch"],
+        )
+        self.best_score, self.best_step = state["best_score"], state["best_step"]
+        self.nonfinite_total = state["nonfinite_total"]
+        logger.info("resumed from %s at step %d (epoch %d)", last, self.step, self.epoch)
+
+    def _results(self, seconds: float, finished: bool) -> dict[str, Any]:
+        return {
+            "finished": finished,
+            "steps": self.step,
+            "epochs": self.epoch,
+            "train_seconds": round(seconds, 2),
+            "best_metric": self._best_key.describe(),
+            "best_score": self.best_score,
+            "best_step": self.best_step,
+            "final_eval": self.last_eval,
+            "nonfinite_steps_skipped": self.nonfinite_total,
+            "config": self.config.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class _BestKey:
+    """Which number picks the best checkpoint: one task split's metric, or the mean over eval tasks."""
+
+    split: str | None  # "<task>_<split>" or None for the mean
+    metric: str | None
+
+    def score(self, scores: Mapping[str, Mapping[str, float]]) -> float | None:
+        if self.split is not None:
+            value = scores.get(self.split, {}).get(self.metric or "")
+            return None if value is None or math.isnan(value) else float(value)
+        firsts = [next(iter(metrics.values())) for metrics in scores.values() if metrics]
+        firsts = [value for value in firsts if not math.isnan(value)]
+        return float(np.mean(firsts)) if firsts else None
+
+    def describe(self) -> str:
+        return "mean of first metrics" if self.split is None else f"{self.split}:{self.metric}"
+
+
+def _parse_best_metric(text: str, data: RunData) -> _BestKey:
+    if text == "mean":
+        return _BestKey(None, None)
+    task, _, metric = text.partition(":")
+    if task not in data.task_defs:
+        raise UserError(f"--best_metric {text}: task '{task}' is not evaluated")
+    task_def = data.task_defs[task]
+    splits = [split for split in task_def.eval_splits if (task, split) in data.evals]
+    if not splits:
+        raise UserError(f"--best_metric {text}: task '{task}' has no labelled eval split in the cache")
+    metric = metric or task_def.metrics[0].value
+    if metric not in {m.value for m in task_def.metrics} or metric not in {m.value for m in METRICS}:
+        raise UserError(
+            f"--best_metric {text}: task '{task}' reports {', '.join(m.value for m in task_def.metrics)}"
+        )
+    return _BestKey(f"{task}_{splits[0]}", metric)
+
+
+class _LossWindow:
+    """Sums of per-task losses kept on the device: read (one host sync) only when logging."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, task: str, loss: torch.Tensor) -> None:
+        self.sums[task] = self.sums.get(task, torch.zeros((), device=self.device)) + loss.float()
+        self.counts[task] = self.counts.get(task, 0) + 1
+
+    def has_data(self) -> bool:
+        return bool(self.counts)
+
+    def read_and_reset(self) -> dict[str, float]:
+        means = {task: float(total) / self.counts[task] for task, total in self.sums.items()}
+        self.sums, self.counts = {}, {}
+        return means
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    np_state = np.random.get_state()
+    state["numpy"] = {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    keys = state["numpy"]["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy"]["pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(item) for item in value) if isinstance(value, list | tuple) else value
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Build a ``Trainer`` for ``config`` and run it to the end."""
+    return Trainer(config).train()
