@@ -183,6 +183,12 @@ def _coerce(path: Path, key: str, value: Any, default: Any) -> Any:
     expected = type(default)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is float and isinstance(value, str):
+        # PyYAML (YAML 1.1) reads 3e-5 as a string: it wants 3.0e-5. Accept what the user meant.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise UserError(f"{path}: key '{key}': expected {expected.__name__}, got {value!r}")
     return value

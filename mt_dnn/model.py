@@ -158,9 +158,8 @@ class MTDNNModel(nn.Module):
             "versions": _versions(),
             "metadata": dict(metadata or {}),
         }
-        (folder / CONFIG_FILE).write_text(
-            json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )
+        # Not sort_keys: task order matters (the first task is the main one for mix_opt).
+        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> MTDNNModel:
@@ -174,7 +173,12 @@ class MTDNNModel(nn.Module):
             load_encoder(path / ENCODER_DIR), task_defs, ModelOptions.from_dict(config.get("model", {}))
         )
         heads = safetensors.torch.load_file(str(path / HEADS_FILE), device=str(map_location))
-        missing, unexpected = model.heads.load_state_dict(heads, strict=False)
+        try:
+            missing, unexpected = model.heads.load_state_dict(heads, strict=False)
+        except RuntimeError as error:  # a shape mismatch
+            raise UserError(
+                f"{path / HEADS_FILE}: heads do not match {CONFIG_FILE}: {_first_line(error)}"
+            ) from None
         if missing or unexpected:
             raise UserError(
                 f"{path / HEADS_FILE}: heads do not match {CONFIG_FILE} "
@@ -218,6 +222,11 @@ def load_encoder(path: str | Path) -> PreTrainedModel:
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """The fast tokenizer of an HF folder or of our checkpoint."""
     return prepro.load_tokenizer(encoder_dir(path))
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[1] if len(lines) > 1 else (lines[0] if lines else type(error).__name__)
 
 
 def _versions() -> dict[str, str]:

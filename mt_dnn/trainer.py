@@ -19,6 +19,7 @@ import logging
 import math
 import random
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,16 +224,20 @@ class Trainer:
             self.model.train()
             self.sampler.set_epoch(self.epoch)
             accumulated = 0
+            # Kept on the device: read once per optimizer step, together with the gradient norm.
+            losses_finite = torch.ones((), dtype=torch.bool, device=self.device)
             for batch in self.loader:
                 batch = batch.to(self.device, non_blocking=True)
                 loss = self._loss(batch)
                 (loss / config.grad_accumulation_step).backward()
                 window.add(batch.task, loss.detach())
+                losses_finite = losses_finite & torch.isfinite(loss.detach())
                 self.batches_in_epoch += 1
                 accumulated += 1
                 if accumulated == config.grad_accumulation_step or self.batches_in_epoch == len(self.sampler):
-                    self._optimizer_step()
+                    self._optimizer_step(losses_finite)
                     accumulated = 0
+                    losses_finite = torch.ones((), dtype=torch.bool, device=self.device)
                     progress.update(1)
                     if config.log_every_steps and self.step % config.log_every_steps == 0:
                         log.train(
@@ -273,11 +278,11 @@ class Trainer:
         mask = batch.candidate_mask if task_def.task_type is TaskType.RANKING else None
         return task_loss(task_def.loss, outputs, batch.labels, mask=mask) * task_def.loss_weight
 
-    def _optimizer_step(self) -> None:
-        """Clip, step, schedule. A non-finite grad norm skips the update (counted; too many in a row stop)."""
+    def _optimizer_step(self, losses_finite: torch.Tensor) -> None:
+        """Clip, step, schedule. A non-finite loss or grad norm skips the update (counted; too many stop)."""
         max_norm = self.config.grad_clipping if self.config.grad_clipping > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        if torch.isfinite(grad_norm):
+        if bool(torch.isfinite(grad_norm) & losses_finite):
             self.optimizer.step()
             self.nonfinite_in_a_row = 0
         else:
@@ -291,7 +296,10 @@ class Trainer:
                     f"(try a lower --learning_rate or --grad_clipping)"
                 )
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # A skipped first update makes torch warn that the schedule stepped before the optimizer did.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.scheduler.step()
         self.step += 1
 
     # ------------------------------------------------------------------ evaluation

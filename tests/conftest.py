@@ -29,10 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Tests use tiny models: one intra-op thread is fastest, and it keeps a busy 2-core machine from thrashing.
+torch.set_num_threads(1)
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _WORDS_TEXT = """a b c d e the cat dog sat on mat is was not no yes good bad movie film great terrible

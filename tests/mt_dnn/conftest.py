@@ -16,6 +16,7 @@ Tests outside ``tests/mt_dnn/`` do not see these fixtures; they import the plain
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -87,3 +88,104 @@ def make_tiny_mtdnn() -> TinyModelFactory:
 @pytest.fixture(scope="session")
 def tiny_mtdnn_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Any) -> Path:
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_mtdnn") / "checkpoint", tiny_tokenizer)
+
+
+# --- a tiny training run: toy canonical data -> token-id cache, a tiny HF encoder folder ---------------------
+
+TOY_POSITIVE = ("good", "great", "yes")
+TOY_NEGATIVE = ("bad", "terrible", "no")
+TOY_FILLER = ("the", "cat", "dog", "sat", "on", "mat", "movie", "film", "day", "night", "house", "car")
+
+
+def _toy_rows(task: str, split: str, n: int, seed: int) -> list[dict[str, Any]]:
+    """Rows whose label is decided by one sentiment word hidden among filler words (learnable, not trivial)."""
+    import random
+
+    rng = random.Random(f"{task}-{split}-{seed}")
+    rows: list[dict[str, Any]] = []
+    for i in range(n):
+        positive = rng.random() < 0.5
+        word = rng.choice(TOY_POSITIVE if positive else TOY_NEGATIVE)
+        filler = [rng.choice(TOY_FILLER) for _ in range(rng.randint(2, 9))]
+        filler.insert(rng.randint(0, len(filler)), word)
+        text = " ".join(filler)
+        row: dict[str, Any] = {"uid": f"{task}-{split}-{i}", "premise": text}
+        if task == "single":
+            row["label"] = "positive" if positive else "negative"
+        elif task == "pair":
+            row["hypothesis"] = " ".join(rng.choice(TOY_FILLER) for _ in range(3))
+            row["label"] = "entailment" if positive else "contradiction"
+        elif task == "score":
+            row["hypothesis"] = "a b"
+            row["label"] = 1.0 if positive else -1.0
+        else:  # rank: the right candidate repeats the sentiment word
+            candidates = [rng.choice(TOY_FILLER), word, rng.choice(TOY_FILLER)]
+            if rng.random() < 0.3:
+                candidates = candidates[:2]  # variable candidate counts
+            order = list(range(len(candidates)))
+            rng.shuffle(order)
+            row["hypothesis"] = [candidates[j] for j in order]
+            row["label"] = order.index(1)
+        rows.append(row)
+    return rows
+
+
+def make_tiny_run(root: Path, tokenizer_dir: Path, *, n_train: int = 96, n_dev: int = 16) -> dict[str, Any]:
+    """Write toy data for the four test tasks, preprocess it, and save a tiny HF encoder + tokenizer.
+
+    Returns the keyword arguments of a ``TrainConfig`` (minus ``output_dir``) for a short CPU run.
+    """
+    import yaml
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from data_utils.prepro import preprocess
+    from data_utils.task_def import load_task_defs
+
+    data = root / "data"
+    data.mkdir(parents=True)
+    task_def_path = root / "tasks.yml"
+    task_def_path.write_text(yaml.safe_dump(TASK_ENTRIES, sort_keys=False), encoding="utf-8")
+    for task in TASK_ENTRIES:
+        for split, n in (("train", n_train), ("dev", n_dev), ("test", n_dev)):
+            rows = _toy_rows(task, split, n, seed=0)
+            if split == "test":
+                rows = [{k: v for k, v in row.items() if k != "label"} for row in rows]
+            with (data / f"{task}_{split}.jsonl").open("w", encoding="utf-8") as handle:
+                for row in rows:
+                    handle.write(json.dumps(row) + "\n")
+    preprocess(
+        load_task_defs(task_def_path), data, tokenizer_dir, max_seq_len=64, cache_name="tiny", progress=False
+    )
+
+    encoder = root / "encoder"
+    config = BertConfig(
+        vocab_size=len(TINY_VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        BertModel(config).save_pretrained(encoder)
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(encoder)
+    return {
+        "task_def": str(task_def_path),
+        "data_dir": str(data / "tiny"),
+        "init_checkpoint": str(encoder),
+        "train_datasets": list(TASK_ENTRIES),
+        "epochs": 2,
+        "batch_size": 8,
+        "batch_size_eval": 16,
+        "learning_rate": 1e-3,
+        "log_every_steps": 5,
+        "progress": False,
+        "seed": 7,
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> dict[str, Any]:
+    """``make_tiny_run`` once per session (read-only: write outputs elsewhere)."""
+    return make_tiny_run(tmp_path_factory.mktemp("tiny_run"), tiny_tokenizer_dir)
