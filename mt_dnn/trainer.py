@@ -77,7 +77,8 @@ class TrainingDiverged(UserError):
 class RunData:
     task_defs: dict[str, TaskDef]
     train: MultiTaskDataset
-    evals: dict[tuple[str, str], TaskDataset]
+    evals: dict[tuple[str, str], TaskDataset]  # labelled dev splits: evaluated during training
+    tests: dict[tuple[str, str], TaskDataset]  # labelled test splits: evaluated once, with the best model
     collator: Collator
 
 
@@ -88,7 +89,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_run_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> RunData:
-    """Task definitions, the train splits and every labelled eval split found in the token-id cache."""
+    """Task definitions, the train splits and every labelled dev/test split found in the token-id cache."""
     all_defs = load_task_defs(config.task_def, default_dropout_p=config.dropout_p)
     eval_tasks = config.test_datasets or config.train_datasets
     for name in [*config.train_datasets, *eval_tasks]:
@@ -106,14 +107,15 @@ def load_run_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Ru
         }
     )
     evals: dict[tuple[str, str], TaskDataset] = {}
+    tests: dict[tuple[str, str], TaskDataset] = {}
     for name in eval_tasks:
         for split in task_defs[name].eval_splits:
             if (split_dir(config.data_dir, name, split) / "meta.json").is_file():
                 dataset = _task_dataset(config.data_dir, task_defs[name], split)
                 if dataset.split.has_labels and len(dataset):
-                    evals[(name, split)] = dataset
+                    (tests if split in task_defs[name].test_splits else evals)[(name, split)] = dataset
     collator = Collator(task_defs, pad_token_id=int(tokenizer.pad_token_id or 0))
-    return RunData(task_defs=task_defs, train=train, evals=evals, collator=collator)
+    return RunData(task_defs=task_defs, train=train, evals=evals, tests=tests, collator=collator)
 
 
 def _task_dataset(data_dir: str, task_def: TaskDef, split: str) -> TaskDataset:
@@ -197,6 +199,7 @@ class Trainer:
         self.nonfinite_total = 0
         self.nonfinite_in_a_row = 0
         self.last_eval: dict[str, dict[str, float]] = {}
+        self.test_eval: dict[str, dict[str, float]] = {}
         self._best_key = _parse_best_metric(config.best_metric, self.data)
 
     # ------------------------------------------------------------------ the loop
@@ -261,6 +264,8 @@ class Trainer:
         progress.close()
         if stopped_early:
             self._save_last()
+        else:
+            self._evaluate_tests_with_best(log)
         results = self._results(time.perf_counter() - start_time, finished=not stopped_early)
         atomic_write_json(self.out / "results.json", results)
         log.close()
@@ -323,6 +328,20 @@ class Trainer:
             self.best_score, self.best_step = score, self.step
             self.model.save(self.out / "best", self.tokenizer, metadata=self._metadata(scores))
             logger.info("step %d: new best %s = %.3f", self.step, self._best_key.describe(), score)
+
+    def _evaluate_tests_with_best(self, log: RunLog) -> None:
+        """Labelled test splits are scored once, by the best checkpoint (never used to choose it)."""
+        self.test_eval = {}
+        if not self.data.tests:
+            return
+        best = self.out / "best"
+        model = MTDNNModel.load(best, map_location=self.device) if best.is_dir() else self.model
+        for (task, split), dataset in self.data.tests.items():
+            result = evaluate(
+                model, dataset, self.data.collator, batch_size=self.config.batch_size_eval, device=self.device
+            )
+            self.test_eval[f"{task}_{split}"] = result.metrics
+            log.eval(self.best_step, self.epoch, task, split, result.metrics)
 
     # ------------------------------------------------------------------ checkpoints and resume
 
@@ -390,6 +409,7 @@ class Trainer:
             "best_score": self.best_score,
             "best_step": self.best_step,
             "final_eval": self.last_eval,
+            "test_eval": self.test_eval,
             "nonfinite_steps_skipped": self.nonfinite_total,
             "config": self.config.to_dict(),
         }
@@ -421,9 +441,9 @@ def _parse_best_metric(text: str, data: RunData) -> _BestKey:
     if task not in data.task_defs:
         raise UserError(f"--best_metric {text}: task '{task}' is not evaluated")
     task_def = data.task_defs[task]
-    splits = [split for split in task_def.eval_splits if (task, split) in data.evals]
+    splits = [split for split in task_def.dev_splits if (task, split) in data.evals]
     if not splits:
-        raise UserError(f"--best_metric {text}: task '{task}' has no labelled eval split in the cache")
+        raise UserError(f"--best_metric {text}: task '{task}' has no labelled dev split in the cache")
     metric = metric or task_def.metrics[0].value
     if metric not in {m.value for m in task_def.metrics} or metric not in {m.value for m in METRICS}:
         raise UserError(

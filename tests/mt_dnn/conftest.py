@@ -130,7 +130,9 @@ def _toy_rows(task: str, split: str, n: int, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
-def make_tiny_run(root: Path, tokenizer_dir: Path, *, n_train: int = 96, n_dev: int = 16) -> dict[str, Any]:
+def make_tiny_run(
+    root: Path, tokenizer_dir: Path, *, n_train: int = 96, n_dev: int = 16, labelled_test: bool = False
+) -> dict[str, Any]:
     """Write toy data for the four test tasks, preprocess it, and save a tiny HF encoder + tokenizer.
 
     Returns the keyword arguments of a ``TrainConfig`` (minus ``output_dir``) for a short CPU run.
@@ -148,7 +150,7 @@ def make_tiny_run(root: Path, tokenizer_dir: Path, *, n_train: int = 96, n_dev: 
     for task in TASK_ENTRIES:
         for split, n in (("train", n_train), ("dev", n_dev), ("test", n_dev)):
             rows = _toy_rows(task, split, n, seed=0)
-            if split == "test":
+            if split == "test" and not labelled_test:
                 rows = [{k: v for k, v in row.items() if k != "label"} for row in rows]
             with (data / f"{task}_{split}.jsonl").open("w", encoding="utf-8") as handle:
                 for row in rows:

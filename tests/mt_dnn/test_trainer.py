@@ -11,6 +11,7 @@ from data_utils.errors import UserError
 from mt_dnn.config import TrainConfig
 from mt_dnn.model import MTDNNModel
 from mt_dnn.trainer import STATE_FILE, Trainer, TrainingDiverged
+from tests.mt_dnn.conftest import make_tiny_run
 
 
 def config_for(tiny_run: dict[str, Any], out: Path, **overrides: Any) -> TrainConfig:
@@ -135,3 +136,15 @@ def test_unknown_task_and_missing_cache_are_user_errors(tiny_run: dict, tmp_path
         Trainer(config_for(tiny_run, tmp_path, train_datasets=["nope"]))
     with pytest.raises(UserError, match="no token-id cache"):
         Trainer(config_for(tiny_run, tmp_path, data_dir=str(tmp_path)))
+
+
+def test_labelled_test_splits_are_scored_once_by_the_best_checkpoint(
+    tmp_path: Path, tiny_tokenizer_dir: Path
+) -> None:
+    run = make_tiny_run(tmp_path / "run", tiny_tokenizer_dir, n_train=32, labelled_test=True)
+    results = Trainer(config_for(run, tmp_path / "out", epochs=2, train_datasets=["single", "score"])).train()
+    assert set(results["final_eval"]) == {"single_dev", "score_dev"}  # only dev splits pick the best
+    assert set(results["test_eval"]) == {"single_test", "score_test"}
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    test_records = [r for r in records if r["type"] == "eval" and r["split"] == "test"]
+    assert len(test_records) == 2 and all(r["step"] == results["best_step"] for r in test_records)
