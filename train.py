@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+import transformers
+
 from data_utils.errors import exit_on_user_error
 from mt_dnn.config import parse_config
 from mt_dnn.trainer import Trainer
@@ -16,6 +18,9 @@ from mt_dnn.trainer import Trainer
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
     config = parse_config(argv)
+    # transformers' own load/save progress bars and notes would interleave with ours on every checkpoint.
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
         level=logging.INFO,
