@@ -31,6 +31,14 @@ from tests.conftest import TASK_ENTRIES, TINY_VOCAB
 TinyModelFactory = Callable[..., MTDNNModel]
 
 
+def tiny_bert_config(**overrides: Any) -> Any:
+    """A 2-layer, 32-wide BERT config over the tiny tokenizer's vocabulary."""
+    from transformers import BertConfig
+
+    sizes = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    return BertConfig(vocab_size=len(TINY_VOCAB), max_position_embeddings=128, **{**sizes, **overrides})
+
+
 def tiny_task_defs() -> dict[str, TaskDef]:
     """The four ``TASK_ENTRIES`` tasks as ``TaskDef``s (importable by tests outside this folder)."""
     return {name: parse_task_def(name, entry) for name, entry in TASK_ENTRIES.items()}
@@ -49,17 +57,9 @@ def build_tiny_mtdnn(
     Weights are drawn with std ``weight_std`` (encoder and head linear layers), wider than BERT's 0.02, so
     that outputs differ clearly between inputs (at 0.02 two rows' scores can agree to 1e-7).
     """
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
-    config = BertConfig(
-        vocab_size=len(TINY_VOCAB),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        initializer_range=weight_std,
-    )
+    config = tiny_bert_config(initializer_range=weight_std)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MTDNNModel(BertModel(config), task_defs or tiny_task_defs(), options)
@@ -138,7 +138,7 @@ def make_tiny_run(
     Returns the keyword arguments of a ``TrainConfig`` (minus ``output_dir``) for a short CPU run.
     """
     import yaml
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import AutoTokenizer, BertModel
 
     from data_utils.prepro import preprocess
     from data_utils.task_def import load_task_defs
@@ -160,14 +160,7 @@ def make_tiny_run(
     )
 
     encoder = root / "encoder"
-    config = BertConfig(
-        vocab_size=len(TINY_VOCAB),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
+    config = tiny_bert_config()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         BertModel(config).save_pretrained(encoder)
