@@ -15,9 +15,10 @@ logger = logging.getLogger("mt_dnn")
 class RunLog:
     """Appends to ``<out>/metrics.jsonl`` and mirrors scalars to TensorBoard when asked and installed."""
 
-    def __init__(self, out: Path, tensorboard: bool = False) -> None:
+    def __init__(self, out: Path, tensorboard: bool = False, resume: bool = False) -> None:
         self.path = out / "metrics.jsonl"
-        self._file = self.path.open("a", encoding="utf-8")
+        # A resumed run continues its log; a fresh run into the same folder starts a new one.
+        self._file = self.path.open("a" if resume else "w", encoding="utf-8")
         self._start = time.perf_counter()
         self._writer = None
         if tensorboard:

@@ -210,7 +210,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if config.resume:
             self._resume()
-        log = RunLog(self.out, tensorboard=config.tensorboard)
+        log = RunLog(self.out, tensorboard=config.tensorboard, resume=config.resume)
         start_time = time.perf_counter()
         logger.info(
             "training %s on %s: %d steps (%d per epoch), %d eval splits",
