@@ -248,9 +248,19 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
 
 
 def test_every_shipped_task_def_parses() -> None:
-    shipped = sorted(p for p in (REPO / "experiments").rglob("*.yml"))
+    shipped = sorted((REPO / "experiments").rglob("*task_def*.yml"))
+    assert shipped
     for path in shipped:
         assert load_task_defs(path), path
+
+
+def test_every_shipped_run_config_parses() -> None:
+    from mt_dnn.config import load_config_file
+
+    configs = sorted(p for p in (REPO / "experiments").rglob("*.yml") if "task_def" not in p.name)
+    assert configs
+    for path in configs:
+        assert load_config_file(path), path
 
 
 def test_a_user_mistake_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
