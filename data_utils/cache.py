@@ -69,11 +69,9 @@ class EncodedSplit:
     @property
     def row_lengths(self) -> np.ndarray:
         """The longest sequence of each row (what a padded batch of that row needs)."""
-        starts = self.row_offsets[:-1]
-        lengths = self.seq_lengths
-        if len(lengths) == 0:
-            return np.zeros(len(self), dtype=np.int64)
-        return np.maximum.reduceat(lengths, starts) if len(starts) else np.zeros(0, dtype=np.int64)
+        if len(self) == 0:
+            return np.zeros(0, dtype=np.int64)
+        return np.maximum.reduceat(self.seq_lengths, self.row_offsets[:-1])  # every row has >= 1 sequence
 
     @property
     def has_labels(self) -> bool:

@@ -36,7 +36,6 @@ from data_utils.cache import load_split, read_manifest, split_dir
 from data_utils.dataset import Collator, MultiTaskDataset, TaskDataset
 from data_utils.enums import TaskType
 from data_utils.errors import UserError
-from data_utils.metrics import METRICS
 from data_utils.prepro import tokenizer_fingerprint
 from data_utils.sampler import MultiTaskBatchSampler, SamplingStrategyName, make_strategy
 from data_utils.task_def import TaskDef, load_task_defs
@@ -366,7 +365,7 @@ class Trainer:
             "best_score": self.best_score,
             "best_step": self.best_step,
             "nonfinite_total": self.nonfinite_total,
-            "config": {key: self.config.to_dict()[key] for key in _RESUME_KEYS},
+            "config": _resume_identity(self.config),
         }
         with atomic_directory(self.out / "last") as tmp:
             self.model.save_to(tmp, self.tokenizer, metadata=self._metadata(self.last_eval))
@@ -378,7 +377,7 @@ class Trainer:
             logger.info("--resume: no %s yet, starting from scratch", last / STATE_FILE)
             return
         state = torch.load(last / STATE_FILE, map_location="cpu", weights_only=True)
-        ours = {key: self.config.to_dict()[key] for key in _RESUME_KEYS}
+        ours = _resume_identity(self.config)
         changed = [key for key in _RESUME_KEYS if state["config"].get(key) != ours[key]]
         if changed:
             raise UserError(
@@ -445,7 +444,7 @@ def _parse_best_metric(text: str, data: RunData) -> _BestKey:
     if not splits:
         raise UserError(f"--best_metric {text}: task '{task}' has no labelled dev split in the cache")
     metric = metric or task_def.metrics[0].value
-    if metric not in {m.value for m in task_def.metrics} or metric not in {m.value for m in METRICS}:
+    if metric not in {m.value for m in task_def.metrics}:
         raise UserError(
             f"--best_metric {text}: task '{task}' reports {', '.join(m.value for m in task_def.metrics)}"
         )
@@ -471,6 +470,12 @@ class _LossWindow:
         means = {task: float(total) / self.counts[task] for task, total in self.sums.items()}
         self.sums, self.counts = {}, {}
         return means
+
+
+def _resume_identity(config: TrainConfig) -> dict[str, Any]:
+    """The config values that must match for --resume to continue the same run."""
+    values = config.to_dict()
+    return {key: values[key] for key in _RESUME_KEYS}
 
 
 def _rng_state() -> dict[str, Any]:
