@@ -1,0 +1,170 @@
+"""SMART's smoothness-inducing adversarial regulariser (Jiang et al. 2020, arXiv:1911.03437, Alg. 1).
+
+For a batch x with clean output f(x), SMART looks for the perturbation delta of the embeddings, inside an
+epsilon-ball, that changes the output most, and penalises that change::
+
+    delta ~ N(0, sigma^2), zero on padding
+    K times:  g = grad_delta D(f(x + delta), f(x).detach())        (delta-only gradient; parameters untouched)
+              delta = project_eps(delta + step_size * g / ||g||)
+    R(theta) = D(f(x + delta), f(x))                                 (gradients flow through both outputs)
+
+``D`` is the task's divergence (symmetric KL for classification and ranking, squared error for
+regression: ``module.losses``). The caller adds ``alpha * R`` to the task loss before its one backward.
+A pass count for K inner steps: K + 2 forwards, K delta-only backwards, and the caller's one backward
+through the clean and the final adversarial branch.
+
+The perturbation goes on the output of ``target`` (any module that runs once per forward pass) through a
+forward hook, so the class works on any ``nn.Module``; ``run`` is a closure that runs the model on the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from module.adversarial.hooks import RngSnapshot, add_to_output, capture_output
+from module.adversarial.norms import NormLevel, PNorm, normalize, project
+
+__all__ = ["AdversarialResult", "Divergence", "SmartConfig", "SmartPerturbation"]
+
+Divergence = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class SmartConfig:
+    """SMART's hyper-parameters; the defaults are the paper's (and mt-dnn's flag defaults).
+
+    ``noise_var`` keeps mt-dnn's flag name but is the *standard deviation* of the initial noise, as in
+    mt-dnn's code and the paper (sigma = 1e-5). ``epsilon`` is a true radius: every delta ends inside the
+    ``p_norm`` ball of that radius, per token or per sentence (``norm_level``).
+    """
+
+    alpha: float = 1.0
+    k: int = 1
+    step_size: float = 1e-3
+    noise_var: float = 1e-5
+    epsilon: float = 1e-5
+    p_norm: PNorm = PNorm.INF
+    norm_level: NormLevel = NormLevel.TOKEN
+    dropout_replay: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "p_norm", PNorm(self.p_norm))
+        object.__setattr__(self, "norm_level", NormLevel(self.norm_level))
+        if self.k < 1:
+            raise ValueError(f"SMART needs at least one inner step (k >= 1), got {self.k}")
+        for name in ("alpha", "step_size", "noise_var", "epsilon"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"SMART {name} must be a finite number >= 0, got {value}")
+
+
+@dataclass
+class AdversarialResult:
+    """What one regularised forward returns. Every field is a tensor on the model's device (no host sync).
+
+    ``outputs``: the clean outputs, with their graph, for the task loss. ``loss``: ``alpha * R``, ready to add
+    to it. ``divergence``: ``R`` detached, for logs. ``delta_ratio``: ||delta|| / ||embedding output|| over
+    the batch's real positions. ``skipped``: 1.0 when a non-finite inner gradient dropped the term, else 0.0.
+    ``delta``: the final perturbation (detached; zero on padding).
+    """
+
+    outputs: Tensor
+    loss: Tensor
+    divergence: Tensor
+    delta_ratio: Tensor
+    skipped: Tensor
+    delta: Tensor
+
+
+class SmartPerturbation:
+    """``SmartPerturbation(target, config)(run, divergence, token_mask)`` -> ``AdversarialResult``.
+
+    ``token_mask`` (1 = real position; e.g. the attention mask ``[B, L]``) has the shape of ``target``'s
+    output without its last axis; padded positions are never perturbed. ``inner_loss_scale`` multiplies the
+    inner divergence before its gradient (which is normalised, so the scale cancels): with fp16 pass the loss
+    scale so the tiny inner gradient does not underflow.
+    """
+
+    def __init__(self, target: nn.Module, config: SmartConfig | None = None) -> None:
+        self.target = target
+        self.config = config or SmartConfig()
+
+    def __call__(
+        self,
+        run: Callable[[], Tensor],
+        divergence: Divergence,
+        token_mask: Tensor | None = None,
+        *,
+        inner_loss_scale: float = 1.0,
+    ) -> AdversarialResult:
+        config = self.config
+        rng = RngSnapshot.capture(self._device(token_mask)) if config.dropout_replay else None
+        with capture_output(self.target) as captured:
+            outputs = run()
+        embedded = captured.value
+        assert embedded is not None  # capture_output checked that the target ran once
+        mask = self._position_mask(token_mask, embedded)
+
+        delta = (
+            torch.randn(embedded.shape, device=embedded.device, dtype=torch.float32) * config.noise_var * mask
+        )
+        finite = torch.ones((), dtype=torch.bool, device=embedded.device)
+        target_outputs = outputs.detach()
+        for _ in range(config.k):
+            delta.requires_grad_(True)
+            adversarial = self._run_perturbed(run, delta * mask, rng)
+            inner = divergence(adversarial, target_outputs)
+            (grad,) = torch.autograd.grad(inner * inner_loss_scale, delta)
+            step_finite = torch.isfinite(grad).all()
+            finite = finite & step_finite
+            grad = torch.where(step_finite, grad, 0.0)
+            step = normalize(grad, config.p_norm, config.norm_level)
+            delta = project(
+                delta.detach() + config.step_size * step, config.p_norm, config.epsilon, config.norm_level
+            )
+        # A non-finite inner gradient turns the term off for this batch: delta 0, term 0, gradients finite.
+        delta = torch.where(finite, delta, 0.0) * mask
+        adversarial = self._run_perturbed(run, delta, rng)
+        value = divergence(adversarial, outputs)
+        value = torch.where(finite, value, 0.0)
+        ratio = torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(embedded.float() * mask).clamp_min(
+            torch.finfo(torch.float32).tiny
+        )
+        return AdversarialResult(
+            outputs=outputs,
+            loss=config.alpha * value,
+            divergence=value.detach(),
+            delta_ratio=ratio.detach(),
+            skipped=(~finite).float(),
+            delta=delta.detach(),
+        )
+
+    def _run_perturbed(self, run: Callable[[], Tensor], delta: Tensor, rng: RngSnapshot | None) -> Tensor:
+        with add_to_output(self.target, delta):
+            if rng is None:
+                return run()
+            with rng.replay():
+                return run()
+
+    def _device(self, token_mask: Tensor | None) -> torch.device:
+        if token_mask is not None:
+            return token_mask.device
+        parameter = next(self.target.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+
+    @staticmethod
+    def _position_mask(token_mask: Tensor | None, embedded: Tensor) -> Tensor:
+        """``[..., 1]`` float mask over the output's positions (all ones without a token mask)."""
+        if token_mask is None:
+            return torch.ones((*embedded.shape[:-1], 1), device=embedded.device, dtype=torch.float32)
+        if token_mask.shape != embedded.shape[:-1]:
+            raise ValueError(
+                f"token_mask shape {tuple(token_mask.shape)} does not match the perturbed output "
+                f"{tuple(embedded.shape)} without its last axis"
+            )
+        return token_mask.to(device=embedded.device, dtype=torch.float32).unsqueeze(-1)

@@ -1,0 +1,89 @@
+"""Momentum Bregman proximal point (SMART, Jiang et al. 2020, Alg. 1 lines 11-14).
+
+An exponential moving average of the weights, theta~, is the teacher: the term
+``mu * D(f(x; theta), f(x; theta~))`` joins the loss and keeps each update close, in output space, to where
+the model has recently been. After an optimizer step, ``theta~ <- beta * theta~ + (1 - beta) * theta``,
+with beta 0.99 for the first 10% of updates and 0.999 after (the paper's schedule), every ``update_every``
+optimizer steps. The teacher runs without gradients and in eval mode (no dropout), so its output is a
+deterministic target. It works on any ``nn.Module``; ``run`` is a closure that runs a given module on the
+current batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["BregmanConfig", "BregmanProximalPoint"]
+
+
+@dataclass(frozen=True)
+class BregmanConfig:
+    mu: float = 1.0
+    beta: float = 0.999
+    beta_warmup: float = 0.99
+    warmup_fraction: float = 0.1
+    update_every: int = 1
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.mu) and self.mu >= 0):
+            raise ValueError(f"Bregman mu must be a finite number >= 0, got {self.mu}")
+        for name in ("beta", "beta_warmup"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"Bregman {name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.warmup_fraction <= 1:
+            raise ValueError(f"Bregman warmup_fraction must be in [0, 1], got {self.warmup_fraction}")
+        if self.update_every < 1:
+            raise ValueError(f"Bregman update_every must be >= 1, got {self.update_every}")
+
+
+class BregmanProximalPoint:
+    """The EMA teacher and its proximal term. Not a submodule of the model (DDP and checkpoints ignore it)."""
+
+    def __init__(self, model: nn.Module, config: BregmanConfig, total_steps: int) -> None:
+        self.config = config
+        self.total_steps = total_steps
+        self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        self._pairs = self._float_pairs(model)
+
+    def _float_pairs(self, model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
+        """(teacher, student) floating-point tensors, parameters and buffers, matched by name."""
+        student = dict(model.named_parameters()) | dict(model.named_buffers())
+        teacher = dict(self.teacher.named_parameters()) | dict(self.teacher.named_buffers())
+        if student.keys() != teacher.keys():
+            raise ValueError("the teacher no longer matches the model's parameters")
+        names = [name for name, tensor in student.items() if tensor.is_floating_point()]
+        return [teacher[name] for name in names], [student[name] for name in names]
+
+    def beta(self, step: int) -> float:
+        """The EMA decay used for the update after optimizer step ``step`` (1-based)."""
+        warm = step <= self.config.warmup_fraction * self.total_steps
+        return self.config.beta_warmup if warm else self.config.beta
+
+    @torch.no_grad()
+    def update(self, step: int) -> bool:
+        """After optimizer step ``step`` (1-based): move the teacher towards the model; True if it moved."""
+        if step % self.config.update_every:
+            return False
+        teacher, student = self._pairs
+        torch._foreach_lerp_(teacher, [tensor.detach() for tensor in student], 1.0 - self.beta(step))
+        return True
+
+    def term(
+        self, run: Callable[[nn.Module], Tensor], outputs: Tensor, divergence: Callable[..., Tensor]
+    ) -> Tensor:
+        """``mu * D(outputs, teacher outputs)``; ``run(module)`` runs a module on the batch."""
+        with torch.no_grad():
+            teacher_outputs = run(self.teacher)
+        return self.config.mu * divergence(outputs, teacher_outputs)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.teacher.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        self.teacher.load_state_dict(state)
