@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 from data_utils.enums import parse_enum
 from data_utils.errors import UserError
 from data_utils.sampler import SamplingStrategyName
+from module.adversarial.norms import NormLevel, PNorm
 
 
 class OptimizerName(StrEnum):
@@ -61,6 +63,22 @@ class TrainConfig:
     ratio: float = 0.0
     temperature: float = 1.0
     bucket_window: int = 0
+    # adversarial training: SMART (Jiang et al. 2020); defaults are the paper's
+    adv_train: bool = False
+    adv_alpha: float = 1.0
+    adv_k: int = 1
+    adv_step_size: float = 1e-3
+    adv_noise_var: float = 1e-5
+    adv_epsilon: float = 1e-5
+    adv_p_norm: PNorm = PNorm.INF
+    adv_norm_level: NormLevel = NormLevel.TOKEN
+    adv_dropout_replay: bool = False
+    # momentum Bregman proximal point (SMART Alg. 1); None: 1.0 with --adv_train (the paper's SMART), else off
+    bregman_mu: float | None = None
+    bregman_beta: float = 0.999
+    bregman_beta_warmup: float = 0.99
+    bregman_warmup: float = 0.1
+    bregman_steps: int = 1
     # model
     dropout_p: float = 0.1
     use_encoder_pooler: bool = False
@@ -82,6 +100,10 @@ class TrainConfig:
         self.optimizer = OptimizerName(self.optimizer)
         self.scheduler_type = SchedulerName(self.scheduler_type)
         self.sampling = SamplingStrategyName(self.sampling)
+        self.adv_p_norm = PNorm(self.adv_p_norm)
+        self.adv_norm_level = NormLevel(self.adv_norm_level)
+        if self.bregman_mu is None:
+            self.bregman_mu = 1.0 if self.adv_train else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,7 +115,11 @@ _ENUM_FIELDS: dict[str, type[StrEnum]] = {
     "optimizer": OptimizerName,
     "scheduler_type": SchedulerName,
     "sampling": SamplingStrategyName,
+    "adv_p_norm": PNorm,
+    "adv_norm_level": NormLevel,
 }
+# Fields whose default is None: the type their value takes when given.
+_OPTIONAL_TYPES: dict[str, type] = {"bregman_mu": float}
 _HELP = {
     "task_def": "task-definition YAML",
     "data_dir": "token-id cache folder written by prepro_std.py (e.g. data/demo/minilm)",
@@ -111,6 +137,20 @@ _HELP = {
     "best_metric": "'mean' (of each eval task's first metric on its first dev split) or TASK:METRIC",
     "resume": "continue from <output_dir>/last if it exists",
     "max_nonfinite_steps": "stop after this many non-finite losses in a row",
+    "adv_train": "SMART: adversarial regularisation of the word embeddings, plus the Bregman term",
+    "adv_alpha": "weight of the adversarial term (task YAML adv_alpha overrides per task)",
+    "adv_k": "inner ascent steps per batch",
+    "adv_step_size": "inner ascent step size (on the normalised gradient)",
+    "adv_noise_var": "std of the initial noise (mt-dnn's name; the paper's sigma)",
+    "adv_epsilon": "radius of the perturbation ball in --adv_p_norm",
+    "adv_p_norm": "norm of the ascent normalisation and of the ball: inf | l2 | l1",
+    "adv_norm_level": "norms per token or per sentence",
+    "adv_dropout_replay": "adversarial forwards reuse the clean pass's dropout masks",
+    "bregman_mu": "weight of the Bregman proximal term (default: 1 with --adv_train, else 0 = off)",
+    "bregman_beta": "EMA decay of the Bregman teacher after the warm-up",
+    "bregman_beta_warmup": "EMA decay during the first --bregman_warmup fraction of updates",
+    "bregman_warmup": "fraction of optimizer steps that use --bregman_beta_warmup",
+    "bregman_steps": "update the Bregman teacher every S optimizer steps",
 }
 
 
@@ -128,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif item.name in ("train_datasets", "test_datasets"):
             parser.add_argument(flag, type=_comma_list, **kwargs)
+        elif item.name in _OPTIONAL_TYPES:
+            parser.add_argument(flag, type=_OPTIONAL_TYPES[item.name], **kwargs)
         else:
             parser.add_argument(flag, type=type(default), **kwargs)
     # Accepted for mt-dnn compatibility; torchrun sets LOCAL_RANK in the environment instead.
@@ -180,7 +222,7 @@ def _coerce(path: Path, key: str, value: Any, default: Any) -> Any:
         if isinstance(value, list) and all(isinstance(item, str) for item in value):
             return value
         raise UserError(f"{path}: key '{key}': expected a list of task names")
-    expected = type(default)
+    expected = _OPTIONAL_TYPES.get(key, type(default))
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is float and isinstance(value, str):
@@ -224,7 +266,14 @@ def validate(config: TrainConfig) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise UserError(f"--{name} must be > 0, got {value}")
-    for name in ("warmup", "dropout_p"):
+    for name in ("adv_k", "bregman_steps"):
+        if getattr(config, name) < 1:
+            raise UserError(f"--{name} must be >= 1, got {getattr(config, name)}")
+    for name in ("adv_alpha", "adv_step_size", "adv_noise_var", "adv_epsilon", "bregman_mu"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise UserError(f"--{name} must be a finite number >= 0, got {value}")
+    for name in ("warmup", "dropout_p", "bregman_beta", "bregman_beta_warmup", "bregman_warmup"):
         value = getattr(config, name)
         if not 0 <= value < 1:
             raise UserError(f"--{name} must be in [0, 1), got {value}")

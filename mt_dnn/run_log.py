@@ -33,19 +33,34 @@ class RunLog:
         self._file.write(json.dumps({**record, "time": round(time.perf_counter() - self._start, 3)}) + "\n")
         self._file.flush()
 
-    def train(self, step: int, epoch: int, lr: float, losses: Mapping[str, float]) -> None:
-        self._write({"type": "train", "step": step, "epoch": epoch, "lr": lr, "loss": dict(losses)})
+    def train(self, step: int, epoch: int, lr: float, stats: Mapping[str, Mapping[str, float]]) -> None:
+        """One training window: ``stats[name][task]``, with ``name`` = ``loss`` and, when adversarial training
+        is on, ``adv_loss``, ``delta_ratio``, ``adv_skipped`` (a count) and ``bregman``."""
+        self._write(
+            {
+                "type": "train",
+                "step": step,
+                "epoch": epoch,
+                "lr": lr,
+                **{k: dict(v) for k, v in stats.items()},
+            }
+        )
         logger.info(
-            "step %d epoch %d lr %.3g loss %s",
+            "step %d epoch %d lr %.3g %s",
             step,
             epoch,
             lr,
-            " ".join(f"{task}={value:.4f}" for task, value in losses.items()),
+            " ".join(
+                f"{name}:{task}={value:.4g}"
+                for name, values in stats.items()
+                for task, value in values.items()
+            ),
         )
         if self._writer is not None:
             self._writer.add_scalar("train/lr", lr, step)
-            for task, value in losses.items():
-                self._writer.add_scalar(f"train/loss/{task}", value, step)
+            for name, values in stats.items():
+                for task, value in values.items():
+                    self._writer.add_scalar(f"train/{name}/{task}", value, step)
 
     def eval(self, step: int, epoch: int, task: str, split: str, metrics: Mapping[str, float]) -> None:
         self._write(

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -34,21 +35,21 @@ from transformers import PreTrainedTokenizerBase, set_seed
 from data_utils.atomic import atomic_directory, atomic_write_json
 from data_utils.cache import load_split, read_manifest, split_dir
 from data_utils.dataset import Collator, MultiTaskDataset, TaskDataset
-from data_utils.enums import TaskType
 from data_utils.errors import UserError
 from data_utils.prepro import tokenizer_fingerprint
 from data_utils.sampler import MultiTaskBatchSampler, SamplingStrategyName, make_strategy
 from data_utils.task_def import TaskDef, load_task_defs
-from module.losses import task_loss
 from mt_dnn.config import TrainConfig
 from mt_dnn.inference import evaluate
 from mt_dnn.model import ModelOptions, MTDNNModel, is_checkpoint, load_tokenizer
+from mt_dnn.objective import TrainingObjective
 from mt_dnn.optim import build_optimizer, build_scheduler
 from mt_dnn.run_log import RunLog
 
 logger = logging.getLogger("mt_dnn.trainer")
 
 STATE_FILE = "trainer_state.pt"
+TEACHER_FILE = "bregman_teacher.safetensors"
 STATE_VERSION = 1
 # Config keys that must match for --resume to continue the same run.
 _RESUME_KEYS = (
@@ -65,6 +66,20 @@ _RESUME_KEYS = (
     "learning_rate",
     "scheduler_type",
     "warmup",
+    "adv_train",
+    "adv_alpha",
+    "adv_k",
+    "adv_step_size",
+    "adv_noise_var",
+    "adv_epsilon",
+    "adv_p_norm",
+    "adv_norm_level",
+    "adv_dropout_replay",
+    "bregman_mu",
+    "bregman_beta",
+    "bregman_beta_warmup",
+    "bregman_warmup",
+    "bregman_steps",
 )
 
 
@@ -189,6 +204,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * config.epochs
         self.optimizer = build_optimizer(self.model, config, self.device)
         self.scheduler = build_scheduler(self.optimizer, config, self.total_steps)
+        self.objective = TrainingObjective(self.model, config, self.total_steps)
 
         self.step = 0  # optimizer steps taken
         self.epoch = 0
@@ -197,6 +213,7 @@ class Trainer:
         self.best_step = -1
         self.nonfinite_total = 0
         self.nonfinite_in_a_row = 0
+        self.adv_skipped_total = 0
         self.last_eval: dict[str, dict[str, float]] = {}
         self.test_eval: dict[str, dict[str, float]] = {}
         self._best_key = _parse_best_metric(config.best_metric, self.data)
@@ -220,7 +237,7 @@ class Trainer:
             len(self.data.evals),
         )
         progress = tqdm(total=self.total_steps, initial=self.step, disable=not config.progress, desc="train")
-        window = _LossWindow(self.device)
+        window = _TrainWindow(self.device)
         stopped_early = False
         while self.epoch < config.epochs and not stopped_early:
             self.model.train()
@@ -230,9 +247,9 @@ class Trainer:
             losses_finite = torch.ones((), dtype=torch.bool, device=self.device)
             for batch in self.loader:
                 batch = batch.to(self.device, non_blocking=True)
-                loss = self._loss(batch)
+                loss, stats = self.objective(self.model, batch)
                 (loss / config.grad_accumulation_step).backward()
-                window.add(batch.task, loss.detach())
+                window.add(batch.task, loss.detach(), stats)
                 losses_finite = losses_finite & torch.isfinite(loss.detach())
                 self.batches_in_epoch += 1
                 accumulated += 1
@@ -242,9 +259,7 @@ class Trainer:
                     losses_finite = torch.ones((), dtype=torch.bool, device=self.device)
                     progress.update(1)
                     if config.log_every_steps and self.step % config.log_every_steps == 0:
-                        log.train(
-                            self.step, self.epoch, self.scheduler.get_last_lr()[0], window.read_and_reset()
-                        )
+                        self._log_window(log, window)
                     if config.eval_every_steps and self.step % config.eval_every_steps == 0:
                         self._evaluate_and_keep_best(log)
                     if config.save_every_steps and self.step % config.save_every_steps == 0:
@@ -257,7 +272,7 @@ class Trainer:
             self.epoch += 1
             self.batches_in_epoch = 0
             if window.has_data():
-                log.train(self.step, self.epoch, self.scheduler.get_last_lr()[0], window.read_and_reset())
+                self._log_window(log, window)
             self._evaluate_and_keep_best(log)
             self._save_last()
         progress.close()
@@ -270,17 +285,15 @@ class Trainer:
         log.close()
         return results
 
-    def _loss(self, batch: Any) -> torch.Tensor:
-        task_def = self.data.task_defs[batch.task]
-        outputs = self.model(
-            batch.task,
-            batch.input_ids,
-            batch.attention_mask,
-            batch.token_type_ids,
-            n_candidates=batch.n_candidates,
-        )
-        mask = batch.candidate_mask if task_def.task_type is TaskType.RANKING else None
-        return task_loss(task_def.loss, outputs, batch.labels, mask=mask) * task_def.loss_weight
+    def _log_window(self, log: RunLog, window: _TrainWindow) -> None:
+        stats = window.read_and_reset()
+        skipped = int(sum(stats.get("adv_skipped", {}).values()))
+        if skipped:
+            self.adv_skipped_total += skipped
+            logger.warning(
+                "%d batches had a non-finite adversarial gradient: their term was skipped", skipped
+            )
+        log.train(self.step, self.epoch, self.scheduler.get_last_lr()[0], stats)
 
     def _optimizer_step(self, losses_finite: torch.Tensor) -> None:
         """Clip, step, schedule. A non-finite loss or grad norm skips the update (counted; too many stop)."""
@@ -288,6 +301,7 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         if bool(torch.isfinite(grad_norm) & losses_finite):
             self.optimizer.step()
+            self.objective.after_optimizer_step(self.step + 1)
             self.nonfinite_in_a_row = 0
         else:
             self.nonfinite_total += 1
@@ -370,6 +384,10 @@ class Trainer:
         with atomic_directory(self.out / "last") as tmp:
             self.model.save_to(tmp, self.tokenizer, metadata=self._metadata(self.last_eval))
             torch.save(state, tmp / STATE_FILE)
+            teacher = self.objective.state_dict()
+            if teacher:
+                tensors = {key: value.detach().cpu().clone().contiguous() for key, value in teacher.items()}
+                safetensors.torch.save_file(tensors, str(tmp / TEACHER_FILE))
 
     def _resume(self) -> None:
         last = self.out / "last"
@@ -385,6 +403,10 @@ class Trainer:
             )
         resumed = MTDNNModel.load(last, map_location=self.device)
         self.model.load_state_dict(resumed.state_dict())
+        if self.objective.bregman is not None:
+            self.objective.load_state_dict(
+                safetensors.torch.load_file(str(last / TEACHER_FILE), device=str(self.device))
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
@@ -410,6 +432,7 @@ class Trainer:
             "final_eval": self.last_eval,
             "test_eval": self.test_eval,
             "nonfinite_steps_skipped": self.nonfinite_total,
+            "adv_batches_skipped": self.adv_skipped_total,
             "config": self.config.to_dict(),
         }
 
@@ -451,25 +474,38 @@ def _parse_best_metric(text: str, data: RunData) -> _BestKey:
     return _BestKey(f"{task}_{splits[0]}", metric)
 
 
-class _LossWindow:
-    """Sums of per-task losses kept on the device: read (one host sync) only when logging."""
+class _TrainWindow:
+    """Per-task sums of the loss and of the objective's statistics, kept on the device: read (one host
+    sync) only when logging. ``adv_skipped`` is reported as a count, everything else as a mean."""
+
+    _COUNTED = frozenset({"adv_skipped"})
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
+        self.sums: dict[str, dict[str, torch.Tensor]] = {}
+        self.counts: dict[str, dict[str, int]] = {}
 
-    def add(self, task: str, loss: torch.Tensor) -> None:
-        self.sums[task] = self.sums.get(task, torch.zeros((), device=self.device)) + loss.float()
-        self.counts[task] = self.counts.get(task, 0) + 1
+    def add(self, task: str, loss: torch.Tensor, stats: Mapping[str, torch.Tensor]) -> None:
+        for name, value in {"loss": loss, **stats}.items():
+            sums, counts = self.sums.setdefault(name, {}), self.counts.setdefault(name, {})
+            sums[task] = sums.get(task, torch.zeros((), device=self.device)) + value.float()
+            counts[task] = counts.get(task, 0) + 1
 
     def has_data(self) -> bool:
         return bool(self.counts)
 
-    def read_and_reset(self) -> dict[str, float]:
-        means = {task: float(total) / self.counts[task] for task, total in self.sums.items()}
+    def read_and_reset(self) -> dict[str, dict[str, float]]:
+        values = torch.stack([total for sums in self.sums.values() for total in sums.values()]).tolist()
+        out: dict[str, dict[str, float]] = {}
+        position = 0
+        for name, sums in self.sums.items():
+            out[name] = {}
+            for task in sums:
+                count = 1 if name in self._COUNTED else self.counts[name][task]
+                out[name][task] = values[position] / count
+                position += 1
         self.sums, self.counts = {}, {}
-        return means
+        return out
 
 
 def _resume_identity(config: TrainConfig) -> dict[str, Any]:

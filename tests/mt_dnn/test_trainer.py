@@ -10,6 +10,7 @@ import torch
 from data_utils.errors import UserError
 from mt_dnn.config import TrainConfig
 from mt_dnn.model import MTDNNModel
+from mt_dnn.objective import TrainingObjective
 from mt_dnn.trainer import STATE_FILE, Trainer, TrainingDiverged
 from tests.mt_dnn.conftest import make_tiny_run
 
@@ -92,14 +93,14 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(
 ) -> None:
     trainer = Trainer(config_for(tiny_run, tmp_path, epochs=1, max_nonfinite_steps=3))
     calls = {"n": 0}
-    real_loss = trainer._loss
+    real_call = TrainingObjective.__call__
 
-    def sometimes_nan(batch: Any) -> torch.Tensor:
+    def sometimes_nan(self: TrainingObjective, model: Any, batch: Any) -> tuple[torch.Tensor, dict]:
         calls["n"] += 1
-        loss = real_loss(batch)
-        return loss * float("nan") if calls["n"] in (2, 5, 6) else loss
+        loss, stats = real_call(self, model, batch)
+        return (loss * float("nan") if calls["n"] in (2, 5, 6) else loss), stats
 
-    monkeypatch.setattr(trainer, "_loss", sometimes_nan)
+    monkeypatch.setattr(TrainingObjective, "__call__", sometimes_nan)
     before = state_of(trainer.model)
     results = trainer.train()
     assert results["nonfinite_steps_skipped"] == 3
@@ -109,7 +110,11 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(
     assert any(not torch.equal(before[k], v) for k, v in state_of(trainer.model).items())
 
     diverging = Trainer(config_for(tiny_run, tmp_path / "diverge", epochs=1, max_nonfinite_steps=3))
-    monkeypatch.setattr(diverging, "_loss", lambda batch: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(
+        TrainingObjective,
+        "__call__",
+        lambda self, model, batch: (torch.tensor(float("nan"), requires_grad=True), {}),
+    )
     with pytest.raises(TrainingDiverged, match="3 non-finite losses in a row"):
         diverging.train()
 
