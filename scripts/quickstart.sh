@@ -4,7 +4,8 @@
 # MiniLM-L6 encoder, fine-tune it on the demo tasks at once (experiments/demo/quickstart.yml), predict each
 # task's test split with the best checkpoint, and print the test metrics next to trivial baselines.
 #
-# Usage: bash scripts/quickstart.sh [DATA_DIR]   (default: data/demo)
+# Usage: bash scripts/quickstart.sh [DATA_DIR] [train.py flags...]   (default DATA_DIR: data/demo)
+#        e.g. bash scripts/quickstart.sh --adv_train   (SMART with the Bregman term; about 3x the training time)
 # Environment:
 #   OUT_DIR     where the run goes (default out/quickstart): train/ (checkpoints, logs), predictions/, report.md
 #   TASK_ROWS   tasks and their train rows (a seeded subsample of each train split), space-separated task=rows;
@@ -15,7 +16,12 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-DATA_DIR="${1:-data/demo}"
+DATA_DIR=data/demo
+if [ $# -gt 0 ] && [[ "$1" != -* ]]; then
+  DATA_DIR="$1"
+  shift
+fi
+TRAIN_FLAGS=("$@")
 OUT_DIR="${OUT_DIR:-out/quickstart}"
 TASK_ROWS="${TASK_ROWS:-banking77=6000 vader_movie=2000 epistemic=1600 social_iqa=1000}"
 MAX_SEQ_LEN="${MAX_SEQ_LEN:-128}"
@@ -45,10 +51,10 @@ stage "tokenising $TASKS for $MODEL"
 python prepro_std.py --task_def "$TASK_DEF" --root_dir "$DATA_DIR" --tasks "$TASKS" \
   --model "$MODEL" --cache_name minilm --max_seq_len "$MAX_SEQ_LEN" --no_progress
 
-stage "training MiniLM-L6 on $TASKS (experiments/demo/quickstart.yml)"
+stage "training MiniLM-L6 on $TASKS (experiments/demo/quickstart.yml ${TRAIN_FLAGS[*]})"
 rm -rf "$OUT_DIR/train" "$OUT_DIR/predictions"
 python train.py --config experiments/demo/quickstart.yml --train_datasets "$TASKS" \
-  --data_dir "$DATA_DIR/minilm" --init_checkpoint "$MODEL" --output_dir "$OUT_DIR/train" >/dev/null
+  --data_dir "$DATA_DIR/minilm" --init_checkpoint "$MODEL" --output_dir "$OUT_DIR/train" "${TRAIN_FLAGS[@]}" >/dev/null
 
 mkdir -p "$OUT_DIR/predictions"
 for task in "${tasks[@]}"; do

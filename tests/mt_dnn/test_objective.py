@@ -88,13 +88,17 @@ def test_an_adv_train_step_lowers_the_combined_loss(tiny_run: dict, tmp_path: Pa
     assert losses[-1] < losses[0]
 
 
-def test_adv_train_logs_the_adversarial_statistics_and_saves_the_teacher(tiny_run: dict, tmp_path: Path) -> None:
+def test_adv_train_logs_the_adversarial_statistics_and_saves_the_teacher(
+    tiny_run: dict, tmp_path: Path
+) -> None:
     trainer = Trainer(config_for(tiny_run, tmp_path, epochs=1, adv_train=True, log_every_steps=5))
     results = trainer.train()
     assert results["finished"] and results["adv_batches_skipped"] == 0
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if r["type"] == "train"]
-    assert train_records and all({"loss", "adv_loss", "delta_ratio", "bregman"} <= set(r) for r in train_records)
+    assert train_records and all(
+        {"loss", "adv_loss", "delta_ratio", "bregman"} <= set(r) for r in train_records
+    )
     ratios = [value for r in train_records for value in r["delta_ratio"].values()]
     assert all(0 < value < 1e-3 for value in ratios)  # epsilon 1e-5 per entry vs embeddings of size ~1
     assert (tmp_path / "last" / TEACHER_FILE).is_file()
@@ -119,7 +123,10 @@ def test_resumed_smart_run_equals_the_uninterrupted_one(tiny_run: dict, tmp_path
     interrupted.train(until_step=interrupted.steps_per_epoch + 2)
     resumed = Trainer(config_for(tiny_run, tmp_path / "split", resume=True, **options))
     resumed.train()
-    for a, b in ((full.model, resumed.model), (full.objective.bregman.teacher, resumed.objective.bregman.teacher)):
+    for a, b in (
+        (full.model, resumed.model),
+        (full.objective.bregman.teacher, resumed.objective.bregman.teacher),
+    ):
         expected, actual = state_of(a), state_of(b)
         for key, value in expected.items():
             torch.testing.assert_close(actual[key], value, rtol=0, atol=1e-6, msg=key)

