@@ -116,11 +116,14 @@ def median_seconds(fn: Callable[[], object], steps: int, warmup: int, device: to
 def interleaved_medians(
     steps: dict[str, Callable[[], None]], repeats: int, warmup: int, device: torch.device
 ) -> dict[str, float]:
-    """Median seconds of each step function, timed in rounds (one step of each per round) so that drift in
-    the machine's speed (other processes, thermal) falls on every mode alike."""
+    """Median seconds of each step function, timed in rounds (one step of each per round, the order reversed
+    every other round) so that drift in the machine's speed falls on every mode alike."""
     times: dict[str, list[float]] = {name: [] for name in steps}
+    order = list(steps)
     for round_index in range(warmup + repeats):
-        for name, step in steps.items():
+        # Alternate the order too, so that no mode always runs right after the same neighbour.
+        for name in order if round_index % 2 == 0 else reversed(order):
+            step = steps[name]
             sync(device)
             start = time.perf_counter()
             step()
