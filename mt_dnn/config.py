@@ -62,7 +62,7 @@ class TrainConfig:
     mix_opt: int = 0
     ratio: float = 0.0
     temperature: float = 1.0
-    bucket_window: int = 0
+    bucket_window: int = 20
     # adversarial training: SMART (Jiang et al. 2020); defaults are the paper's
     adv_train: bool = False
     adv_alpha: float = 1.0
@@ -95,6 +95,7 @@ class TrainConfig:
     seed: int = 2018
     device: str = "auto"
     num_workers: int = 0
+    compile: bool = False
 
     def __post_init__(self) -> None:
         self.optimizer = OptimizerName(self.optimizer)
@@ -131,7 +132,8 @@ _HELP = {
     "sampling": "how each step's task is chosen: proportional | mix_opt | temperature",
     "mix_opt": "mt-dnn's mix_opt: >0 puts the auxiliary tasks' batches before the main (first) task's",
     "ratio": "mt-dnn's ratio: auxiliary batches = ratio x main-task batches (0: all)",
-    "bucket_window": "sort rows by length within windows of this many batches (0: off)",
+    "bucket_window": "sort rows by length within windows of this many batches, then shuffle the batches "
+    "(0: off); less padding, the same rows every epoch",
     "eval_every_steps": "also evaluate every N optimizer steps (0: once per epoch)",
     "save_every_steps": "also save the resumable 'last' checkpoint every N optimizer steps",
     "best_metric": "'mean' (of each eval task's first metric on its first dev split) or TASK:METRIC",
@@ -151,6 +153,7 @@ _HELP = {
     "bregman_beta_warmup": "EMA decay during the first --bregman_warmup fraction of updates",
     "bregman_warmup": "fraction of optimizer steps that use --bregman_beta_warmup",
     "bregman_steps": "update the Bregman teacher every S optimizer steps",
+    "compile": "torch.compile the encoder's layers (off by default: see docs/benchmarks.md)",
 }
 
 

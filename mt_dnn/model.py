@@ -98,6 +98,17 @@ class MTDNNModel(nn.Module):
         """A fresh model on a pretrained encoder (HF folder or our checkpoint's ``encoder/``)."""
         return cls(load_encoder(encoder_path), task_defs, options)
 
+    def compile_encoder(self, backend: str = "inductor") -> None:
+        """``torch.compile`` each transformer layer in place (dynamic shapes: batches vary in length).
+
+        The layers, not the whole encoder: the embedding module stays eager, so adversarial forward hooks on
+        it never force a recompile, and parameter names (checkpoints) do not change.
+        """
+        layers = getattr(getattr(self.encoder, "encoder", None), "layer", None)
+        modules = list(layers) if isinstance(layers, nn.ModuleList) else [self.encoder]
+        for module in modules:
+            module.compile(backend=backend, dynamic=True)
+
     def perturbation_target(self) -> nn.Module:
         """The module whose output adversarial methods perturb: the encoder's word embeddings."""
         return self.encoder.get_input_embeddings()

@@ -15,12 +15,13 @@ Output folder::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config, self.device)
         self.scheduler = build_scheduler(self.optimizer, config, self.total_steps)
         self.objective = TrainingObjective(self.model, config, self.total_steps)
+        if config.compile:
+            self.model.compile_encoder()  # after the Bregman teacher's copy: the teacher stays eager
 
         self.step = 0  # optimizer steps taken
         self.epoch = 0
@@ -214,6 +217,7 @@ class Trainer:
         self.nonfinite_total = 0
         self.nonfinite_in_a_row = 0
         self.adv_skipped_total = 0
+        self.seconds = {"eval": 0.0, "checkpoint": 0.0}  # wall time outside the training steps
         self.last_eval: dict[str, dict[str, float]] = {}
         self.test_eval: dict[str, dict[str, float]] = {}
         self._best_key = _parse_best_metric(config.best_metric, self.data)
@@ -322,24 +326,34 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
 
+    @contextlib.contextmanager
+    def _timed(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
     def _evaluate_and_keep_best(self, log: RunLog) -> None:
         scores: dict[str, dict[str, float]] = {}
-        for (task, split), dataset in self.data.evals.items():
-            result = evaluate(
-                self.model,
-                dataset,
-                self.data.collator,
-                batch_size=self.config.batch_size_eval,
-                device=self.device,
-            )
-            scores[f"{task}_{split}"] = result.metrics
-            log.eval(self.step, self.epoch, task, split, result.metrics)
+        with self._timed("eval"):
+            for (task, split), dataset in self.data.evals.items():
+                result = evaluate(
+                    self.model,
+                    dataset,
+                    self.data.collator,
+                    batch_size=self.config.batch_size_eval,
+                    device=self.device,
+                )
+                scores[f"{task}_{split}"] = result.metrics
+                log.eval(self.step, self.epoch, task, split, result.metrics)
         self.model.train()
         self.last_eval = scores
         score = self._best_key.score(scores)
         if score is not None and (self.best_score is None or score > self.best_score):
             self.best_score, self.best_step = score, self.step
-            self.model.save(self.out / "best", self.tokenizer, metadata=self._metadata(scores))
+            with self._timed("checkpoint"):
+                self.model.save(self.out / "best", self.tokenizer, metadata=self._metadata(scores))
             logger.info("step %d: new best %s = %.3f", self.step, self._best_key.describe(), score)
 
     def _evaluate_tests_with_best(self, log: RunLog) -> None:
@@ -347,6 +361,10 @@ class Trainer:
         self.test_eval = {}
         if not self.data.tests:
             return
+        with self._timed("eval"):
+            self._evaluate_tests(log)
+
+    def _evaluate_tests(self, log: RunLog) -> None:
         best = self.out / "best"
         model = MTDNNModel.load(best, map_location=self.device) if best.is_dir() else self.model
         for (task, split), dataset in self.data.tests.items():
@@ -367,6 +385,10 @@ class Trainer:
         }
 
     def _save_last(self) -> None:
+        with self._timed("checkpoint"):
+            self._write_last()
+
+    def _write_last(self) -> None:
         state = {
             "version": STATE_VERSION,
             "step": self.step,
@@ -426,6 +448,9 @@ class Trainer:
             "steps": self.step,
             "epochs": self.epoch,
             "train_seconds": round(seconds, 2),
+            # Of which: evaluation and checkpoint writing; the rest is the training steps.
+            "eval_seconds": round(self.seconds["eval"], 2),
+            "checkpoint_seconds": round(self.seconds["checkpoint"], 2),
             "best_metric": self._best_key.describe(),
             "best_score": self.best_score,
             "best_step": self.best_step,

@@ -224,6 +224,24 @@ def test_bucketing_reduces_padding_and_covers_every_row_once() -> None:
     assert means != sorted(means) and means != sorted(means, reverse=True)  # batch order still shuffled
 
 
+def test_bucketed_sampler_resumes_at_the_next_batch_and_differs_by_epoch() -> None:
+    rng = np.random.default_rng(1)
+    sizes = {"a": 200, "b": 90}
+    lengths = {task: rng.integers(4, 300, n) for task, n in sizes.items()}
+
+    def bucketed(epoch: int) -> MultiTaskBatchSampler:
+        return sampler(sizes, batch_size=8, lengths=lengths, bucket_window=4, epoch=epoch)
+
+    full = list(bucketed(3))
+    first = bucketed(3)
+    iterator = iter(first)
+    consumed = [next(iterator) for _ in range(7)]
+    resumed = bucketed(0)
+    resumed.load_state_dict(first.state_dict())
+    assert consumed + list(resumed) == full
+    assert list(bucketed(4)) != full  # a new epoch reshuffles (and re-buckets) from (seed, epoch)
+
+
 def test_sampler_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="rank"):
         sampler(rank=2, world_size=2)

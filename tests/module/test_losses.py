@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from data_utils.enums import LossName
-from module.losses import LOSSES, LossKind, LossSpec, divergence, get_loss, kl, task_loss
+from module.losses import LOSSES, LossKind, LossSpec, divergence, get_loss, kl, sym_kl, task_loss
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -206,6 +206,15 @@ def test_sym_kl_is_sum_of_both_kls_and_exactly_symmetric() -> None:
     sym = divergence(LossName.SYM_KL, a, b)
     assert sym.item() == pytest.approx((kl(a, b) + kl(b, a)).item(), rel=1e-5)
     assert torch.equal(sym, divergence(LossName.SYM_KL, b, a))
+
+
+def test_sym_kl_matches_a_float64_reference() -> None:
+    torch.manual_seed(11)
+    a, b = torch.randn(16, 7) * 4, torch.randn(16, 7) * 4
+    p, q = torch.softmax(a.double(), -1), torch.softmax(b.double(), -1)
+    reference = ((p * (p.log() - q.log())).sum(-1) + (q * (q.log() - p.log())).sum(-1)).mean()
+    assert sym_kl(a, b).item() == pytest.approx(reference.item(), rel=1e-5)
+    assert sym_kl(a, a).item() == 0.0
 
 
 def test_js_symmetric_and_at_most_ln2() -> None:

@@ -129,3 +129,14 @@ def test_a_model_needs_tasks() -> None:
     with pytest.raises(ValueError, match="at least one task"):
         MTDNNModel(build_tiny_mtdnn().encoder, {})
     assert len(tiny_task_defs()) == 4
+
+
+def test_compiled_encoder_gives_the_same_logits_and_state_dict_keys() -> None:
+    model = build_tiny_mtdnn()
+    ids = torch.randint(5, 30, (3, 9))
+    attention = torch.ones_like(ids)
+    expected = model("pair", ids, attention)
+    keys = list(model.state_dict())
+    model.compile_encoder(backend="eager")  # the plumbing; inductor needs a C++ toolchain and minutes
+    torch.testing.assert_close(model("pair", ids, attention), expected)
+    assert list(model.state_dict()) == keys

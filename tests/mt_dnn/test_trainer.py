@@ -153,3 +153,42 @@ def test_labelled_test_splits_are_scored_once_by_the_best_checkpoint(
     records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     test_records = [r for r in records if r["type"] == "eval" and r["split"] == "test"]
     assert len(test_records) == 2 and all(r["step"] == results["best_step"] for r in test_records)
+
+
+def test_logged_window_loss_is_the_mean_of_the_step_losses(
+    tiny_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[str, float]] = []
+    real_call = TrainingObjective.__call__
+
+    def recording(self: TrainingObjective, model: Any, batch: Any) -> tuple[torch.Tensor, dict]:
+        loss, stats = real_call(self, model, batch)
+        seen.append((batch.task, loss.item()))
+        return loss, stats
+
+    monkeypatch.setattr(TrainingObjective, "__call__", recording)
+    Trainer(config_for(tiny_run, tmp_path, epochs=1, log_every_steps=4)).train()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    windows = [r for r in records if r["type"] == "train"]
+    assert windows and windows[0]["step"] == 4
+    position = 0
+    for record in windows:
+        steps = record["step"] - position
+        window = seen[position : position + steps]  # one micro-batch per step (no accumulation)
+        for task, logged in record["loss"].items():
+            losses = [value for name, value in window if name == task]
+            assert logged == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+        assert set(record["loss"]) == {task for task, _ in window}
+        position = record["step"]
+    assert position == len(seen)
+
+
+def test_results_split_the_wall_time(tiny_run: dict, tmp_path: Path) -> None:
+    results = Trainer(config_for(tiny_run, tmp_path, epochs=1)).train()
+    assert results["eval_seconds"] > 0 and results["checkpoint_seconds"] > 0
+    assert results["eval_seconds"] + results["checkpoint_seconds"] < results["train_seconds"]
+
+
+def test_bucketing_is_on_by_default(tiny_run: dict, tmp_path: Path) -> None:
+    trainer = Trainer(config_for(tiny_run, tmp_path))
+    assert trainer.sampler.bucket_window == TrainConfig().bucket_window > 0
