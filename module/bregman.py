@@ -66,12 +66,19 @@ class BregmanProximalPoint:
         return self.config.beta_warmup if warm else self.config.beta
 
     @torch.no_grad()
-    def update(self, step: int) -> bool:
-        """After optimizer step ``step`` (1-based): move the teacher towards the model; True if it moved."""
+    def update(self, step: int, applied: Tensor | None = None) -> bool:
+        """After optimizer step ``step`` (1-based): move the teacher towards the model; True if it was due.
+
+        ``applied`` (a bool tensor, e.g. "the update was finite") scales the move to zero on the device when
+        the optimizer skipped its update, without a host synchronisation.
+        """
         if step % self.config.update_every:
             return False
         teacher, student = self._pairs
-        torch._foreach_lerp_(teacher, [tensor.detach() for tensor in student], 1.0 - self.beta(step))
+        weight: float | Tensor = 1.0 - self.beta(step)
+        if applied is not None:
+            weight = applied.float() * weight
+        torch._foreach_lerp_(teacher, [tensor.detach() for tensor in student], weight)
         return True
 
     def term(

@@ -95,10 +95,10 @@ class TrainingObjective:
             stats["bregman"] = term.detach()
         return loss * task_def.loss_weight, stats
 
-    def after_optimizer_step(self, step: int) -> None:
-        """Called after optimizer step ``step`` (1-based) was applied."""
+    def after_optimizer_step(self, step: int, applied: Tensor | None = None) -> None:
+        """After optimizer step ``step`` (1-based); ``applied``: bool tensor, False if it was skipped."""
         if self.bregman is not None:
-            self.bregman.update(step)
+            self.bregman.update(step, applied=applied)
 
     def state_dict(self) -> Mapping[str, Tensor]:
         """What a resumed run needs (the Bregman teacher's weights); empty when there is no teacher."""

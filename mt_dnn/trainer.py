@@ -214,8 +214,7 @@ class Trainer:
         self.batches_in_epoch = 0  # micro-batches consumed in the current epoch
         self.best_score: float | None = None
         self.best_step = -1
-        self.nonfinite_total = 0
-        self.nonfinite_in_a_row = 0
+        self.skipped = _SkippedSteps(self.device)
         self.adv_skipped_total = 0
         self.seconds = {"eval": 0.0, "checkpoint": 0.0}  # wall time outside the training steps
         self.last_eval: dict[str, dict[str, float]] = {}
@@ -290,6 +289,7 @@ class Trainer:
         return results
 
     def _log_window(self, log: RunLog, window: _TrainWindow) -> None:
+        self._check_skipped_steps()
         stats = window.read_and_reset()
         skipped = int(sum(stats.get("adv_skipped", {}).values()))
         if skipped:
@@ -300,29 +300,46 @@ class Trainer:
         log.train(self.step, self.epoch, self.scheduler.get_last_lr()[0], stats)
 
     def _optimizer_step(self, losses_finite: torch.Tensor) -> None:
-        """Clip, step, schedule. A non-finite loss or grad norm skips the update (counted; too many stop)."""
+        """Clip, step, schedule. A non-finite loss or grad norm skips the update (counted; too many stop).
+
+        With a fused optimizer the skip is decided on the device (the kernel reads ``found_inf``, as under
+        ``GradScaler``) and the Bregman teacher's EMA weight is zeroed likewise, so the step needs no host
+        synchronisation; the counters are read at log time on an accelerator, every step on the CPU.
+        """
         max_norm = self.config.grad_clipping if self.config.grad_clipping > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        if bool(torch.isfinite(grad_norm) & losses_finite):
+        finite = torch.isfinite(grad_norm) & losses_finite
+        if _skips_on_device(self.optimizer):
+            self.optimizer.grad_scale = None  # type: ignore[attr-defined]
+            self.optimizer.found_inf = (~finite).float()  # type: ignore[attr-defined]
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf, self.optimizer.grad_scale  # type: ignore[attr-defined]
+            self.objective.after_optimizer_step(self.step + 1, applied=finite)
+        elif bool(finite):
             self.optimizer.step()
             self.objective.after_optimizer_step(self.step + 1)
-            self.nonfinite_in_a_row = 0
-        else:
-            self.nonfinite_total += 1
-            self.nonfinite_in_a_row += 1
-            logger.warning("non-finite loss/gradient at step %d: update skipped", self.step + 1)
-            if self.nonfinite_in_a_row >= self.config.max_nonfinite_steps:
-                raise TrainingDiverged(
-                    f"training diverged: {self.nonfinite_in_a_row} non-finite losses in a row "
-                    f"at step {self.step + 1} "
-                    f"(try a lower --learning_rate or --grad_clipping)"
-                )
+        self.skipped.update(finite)
         self.optimizer.zero_grad(set_to_none=True)
         with warnings.catch_warnings():
             # A skipped first update makes torch warn that the schedule stepped before the optimizer did.
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
         self.step += 1
+        if self.device.type == "cpu":
+            self._check_skipped_steps()
+
+    def _check_skipped_steps(self) -> None:
+        """Warn about newly skipped updates; stop when ``--max_nonfinite_steps`` came in a row."""
+        new, worst_run = self.skipped.read_new()
+        if new:
+            logger.warning("%d update(s) skipped for a non-finite loss/gradient (by step %d)", new, self.step)
+        if worst_run >= self.config.max_nonfinite_steps:
+            raise TrainingDiverged(
+                f"training diverged: {worst_run} non-finite losses in a row by step {self.step} "
+                f"(try a lower --learning_rate or --grad_clipping)"
+            )
 
     # ------------------------------------------------------------------ evaluation
 
@@ -400,7 +417,7 @@ class Trainer:
             "rng": _rng_state(),
             "best_score": self.best_score,
             "best_step": self.best_step,
-            "nonfinite_total": self.nonfinite_total,
+            "nonfinite_total": self.skipped.read()[0],
             "config": _resume_identity(self.config),
         }
         with atomic_directory(self.out / "last") as tmp:
@@ -439,7 +456,7 @@ class Trainer:
             state["batches_in_epoch"],
         )
         self.best_score, self.best_step = state["best_score"], state["best_step"]
-        self.nonfinite_total = state["nonfinite_total"]
+        self.skipped = _SkippedSteps(self.device, total=state["nonfinite_total"])
         logger.info("resumed from %s at step %d (epoch %d)", last, self.step, self.epoch)
 
     def _results(self, seconds: float, finished: bool) -> dict[str, Any]:
@@ -456,7 +473,7 @@ class Trainer:
             "best_step": self.best_step,
             "final_eval": self.last_eval,
             "test_eval": self.test_eval,
-            "nonfinite_steps_skipped": self.nonfinite_total,
+            "nonfinite_steps_skipped": self.skipped.read()[0],
             "adv_batches_skipped": self.adv_skipped_total,
             "config": self.config.to_dict(),
         }
@@ -497,6 +514,40 @@ def _parse_best_metric(text: str, data: RunData) -> _BestKey:
             f"--best_metric {text}: task '{task}' reports {', '.join(m.value for m in task_def.metrics)}"
         )
     return _BestKey(f"{task}_{splits[0]}", metric)
+
+
+def _skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Fused Adam/AdamW take a ``found_inf`` tensor and skip the update in the kernel."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and all(
+        group.get("fused") for group in optimizer.param_groups
+    )
+
+
+class _SkippedSteps:
+    """Counts of skipped updates kept on the device: the total, and the longest run in a row."""
+
+    def __init__(self, device: torch.device, total: int = 0) -> None:
+        self.total = torch.tensor(total, device=device)
+        self.in_a_row = torch.zeros((), dtype=torch.long, device=device)
+        self.worst_run = torch.zeros((), dtype=torch.long, device=device)
+        self._reported = total
+
+    def update(self, applied: torch.Tensor) -> None:
+        skipped = (~applied).long()
+        self.total += skipped
+        self.in_a_row = (self.in_a_row + 1) * skipped
+        self.worst_run = torch.maximum(self.worst_run, self.in_a_row)
+
+    def read(self) -> tuple[int, int]:
+        """(total, the longest run in a row so far): one host sync."""
+        total, worst_run = (int(value) for value in torch.stack([self.total, self.worst_run]).tolist())
+        return total, worst_run
+
+    def read_new(self) -> tuple[int, int]:
+        """(skipped since the last ``read_new``, the longest run in a row so far)."""
+        total, worst_run = self.read()
+        new, self._reported = total - self._reported, total
+        return new, worst_run
 
 
 class _TrainWindow:

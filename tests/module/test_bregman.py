@@ -91,3 +91,15 @@ def test_config_validation() -> None:
         BregmanConfig(update_every=0)
     with pytest.raises(ValueError, match="mu"):
         BregmanConfig(mu=-1.0)
+
+
+def test_a_skipped_update_leaves_the_teacher_where_it_was() -> None:
+    model = _model()
+    bregman = BregmanProximalPoint(model, BregmanConfig(), total_steps=10)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    before = bregman.teacher[0].weight.clone()
+    bregman.update(step=1, applied=torch.tensor(False))
+    assert torch.equal(bregman.teacher[0].weight, before)
+    bregman.update(step=1, applied=torch.tensor(True))  # step 1: the warm-up beta, 0.99
+    assert torch.allclose(bregman.teacher[0].weight, 0.99 * before + 0.01 * model[0].weight)

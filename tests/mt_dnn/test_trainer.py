@@ -11,7 +11,7 @@ from data_utils.errors import UserError
 from mt_dnn.config import TrainConfig
 from mt_dnn.model import MTDNNModel
 from mt_dnn.objective import TrainingObjective
-from mt_dnn.trainer import STATE_FILE, Trainer, TrainingDiverged
+from mt_dnn.trainer import STATE_FILE, Trainer, TrainingDiverged, _skips_on_device
 from tests.mt_dnn.conftest import make_tiny_run
 
 
@@ -88,10 +88,12 @@ def test_gradient_accumulation_counts_optimizer_steps(tiny_run: dict, tmp_path: 
     assert results["steps"] == -(-len(trainer.sampler) // 3)
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])  # fused: skipped in the kernel; else on the host
 def test_non_finite_losses_are_skipped_then_stop_the_run(
-    tiny_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimizer: str
 ) -> None:
-    trainer = Trainer(config_for(tiny_run, tmp_path, epochs=1, max_nonfinite_steps=3))
+    trainer = Trainer(config_for(tiny_run, tmp_path, epochs=1, max_nonfinite_steps=3, optimizer=optimizer))
+    assert _skips_on_device(trainer.optimizer) == (optimizer == "adamw")
     calls = {"n": 0}
     real_call = TrainingObjective.__call__
 
