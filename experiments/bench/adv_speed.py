@@ -1,9 +1,9 @@
 """Optimizer-step time of plain training vs SMART (K=1, K=2, with Bregman) vs the smart-pytorch package.
 
 Every mode runs the same batches through the same model (MiniLM-L6 + a 3-class head; batch 16, length 128,
-all positions real) with AdamW and gradient clipping, in one process, and reports seconds per optimizer step
-(median over ``--steps`` rounds after ``--warmup`` untimed ones; each round times one step of every mode, so
-the machine's drift falls on all modes alike) and the ratio to plain.
+all positions real) with the trainer's AdamW (fused) and gradient clipping, in one process, and reports
+seconds per optimizer step (median over ``--steps`` rounds after ``--warmup`` untimed ones; each round times
+one step of every mode, so the machine's drift falls on all modes alike) and the ratio to plain.
 
 It also times the passes a step is made of, on the plain model: a forward with graph (F), a full backward (B),
 a backward that asks only for the embedding output's gradient (Bd), and the optimizer step with clipping (O).
@@ -45,6 +45,7 @@ from module.losses import cross_entropy, sym_kl  # noqa: E402
 from mt_dnn.config import TrainConfig  # noqa: E402
 from mt_dnn.model import MTDNNModel  # noqa: E402
 from mt_dnn.objective import TrainingObjective  # noqa: E402
+from mt_dnn.optim import build_optimizer  # noqa: E402
 
 TASK = "bench"
 TASK_ENTRY = {"task_type": "classification", "data_format": "premise_only", "n_class": 3, "metrics": ["acc"]}
@@ -137,8 +138,9 @@ def _objective_loss(objective: TrainingObjective, model: MTDNNModel, batch: Batc
     return objective(model, batch)[0]
 
 
-def optimizer_for(model: MTDNNModel) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=1e-5)
+def optimizer_for(model: MTDNNModel, device: torch.device) -> torch.optim.Optimizer:
+    """The trainer's optimizer: AdamW, fused where the device has the kernel, no decay on biases/LayerNorm."""
+    return build_optimizer(model, TrainConfig(learning_rate=1e-5), device)
 
 
 def step_fn(
@@ -159,7 +161,7 @@ def time_passes(
     model: MTDNNModel, batch: Batch, args: argparse.Namespace, device: torch.device, amp: torch.autocast
 ) -> dict[str, float]:
     """F, B, Bd and O of the plain model, each timed on its own."""
-    optimizer = optimizer_for(model)
+    optimizer = optimizer_for(model, device)
     captured: dict[str, Tensor] = {}
 
     def keep(module: object, inputs: object, output: Tensor) -> None:
@@ -261,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         config = TrainConfig(train_datasets=[TASK], **mode.options)  # type: ignore[arg-type]
         objective = TrainingObjective(model, config, total_steps=1000)
         loss = functools.partial(_objective_loss, objective, model, batch)
-        steps[mode.name] = step_fn(model, loss, optimizer_for(model), amp)
+        steps[mode.name] = step_fn(model, loss, optimizer_for(model, device), amp)
         k = mode.inner_steps
         if k:
             bounds[mode.name] = (k + 2) * passes["F"] + k * passes["Bd"] + 2 * passes["B"] + passes["O"]
@@ -269,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 bounds[mode.name] += passes["F"]  # the teacher's forward (no graph: an upper estimate)
     reference = smart_pytorch_loss(model, batch)
     if reference is not None:
-        steps["smart-pytorch K=1"] = step_fn(model, reference, optimizer_for(model), amp)
+        steps["smart-pytorch K=1"] = step_fn(model, reference, optimizer_for(model, device), amp)
         bounds["smart-pytorch K=1"] = 3 * passes["F"] + passes["Bd"] + 2 * passes["B"] + passes["O"]
     seconds = interleaved_medians(steps, args.steps, args.warmup, device)
 
