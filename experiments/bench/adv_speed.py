@@ -157,11 +157,9 @@ def step_fn(
     return step
 
 
-def time_passes(
-    model: MTDNNModel, batch: Batch, args: argparse.Namespace, device: torch.device, amp: torch.autocast
-) -> dict[str, float]:
-    """F, B, Bd and O of the plain model, each timed on its own."""
-    optimizer = optimizer_for(model, device)
+def pass_steps(model: MTDNNModel, batch: Batch, amp: torch.autocast) -> dict[str, Callable[[], None]]:
+    """The plain model's passes as step functions, timed in the same rounds as the modes: forward (F),
+    forward + full backward (F+B), forward + a backward for the embedding output's gradient only (F+Bd)."""
     captured: dict[str, Tensor] = {}
 
     def keep(module: object, inputs: object, output: Tensor) -> None:
@@ -173,40 +171,19 @@ def time_passes(
                 model(TASK, batch.input_ids, batch.attention_mask, batch.token_type_ids), batch.labels
             )
 
-    def full_backward() -> None:
-        loss = forward()
-        sync(device)
-        start = time.perf_counter()
-        loss.backward()
-        sync(device)
-        timings.setdefault("B", []).append(time.perf_counter() - start)
-        start = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        sync(device)
-        timings.setdefault("O", []).append(time.perf_counter() - start)
+    def forward_backward() -> None:
+        forward().backward()
+        model.zero_grad(set_to_none=True)
 
-    def delta_backward() -> None:
+    def forward_delta_backward() -> None:
         handle = model.perturbation_target().register_forward_hook(keep)
         try:
             loss = forward()
         finally:
             handle.remove()
-        sync(device)
-        start = time.perf_counter()
         torch.autograd.grad(loss, captured["embedded"])
-        sync(device)
-        timings.setdefault("Bd", []).append(time.perf_counter() - start)
 
-    timings: dict[str, list[float]] = {}
-    forward_seconds = median_seconds(forward, args.steps, args.warmup, device)
-    for _ in range(args.warmup + args.steps):
-        full_backward()
-        delta_backward()
-    result = {name: statistics.median(values[args.warmup :]) for name, values in timings.items()}
-    result["F"] = forward_seconds
-    return result
+    return {"pass F": forward, "pass F+B": forward_backward, "pass F+Bd": forward_delta_backward}
 
 
 def smart_pytorch_loss(model: MTDNNModel, batch: Batch) -> Callable[[], Tensor] | None:
@@ -254,26 +231,35 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"device {device} ({torch.get_num_threads()} threads), batch {args.batch_size} x {args.seq_len}, "
         f"{'bf16' if args.bf16 else 'fp32'}, {args.steps} timed steps after {args.warmup} warm-up"
     )
-    passes = time_passes(model, batch, args, device, amp)
-    print("passes (plain model): " + ", ".join(f"{name} {seconds:.3f}s" for name, seconds in passes.items()))
-
-    steps: dict[str, Callable[[], None]] = {}
-    bounds: dict[str, float] = {}
+    steps: dict[str, Callable[[], None]] = dict(pass_steps(model, batch, amp))
     for mode in MODES:
         config = TrainConfig(train_datasets=[TASK], **mode.options)  # type: ignore[arg-type]
         objective = TrainingObjective(model, config, total_steps=1000)
         loss = functools.partial(_objective_loss, objective, model, batch)
         steps[mode.name] = step_fn(model, loss, optimizer_for(model, device), amp)
-        k = mode.inner_steps
-        if k:
-            bounds[mode.name] = (k + 2) * passes["F"] + k * passes["Bd"] + 2 * passes["B"] + passes["O"]
-            if mode.bregman:
-                bounds[mode.name] += passes["F"]  # the teacher's forward (no graph: an upper estimate)
     reference = smart_pytorch_loss(model, batch)
     if reference is not None:
         steps["smart-pytorch K=1"] = step_fn(model, reference, optimizer_for(model, device), amp)
-        bounds["smart-pytorch K=1"] = 3 * passes["F"] + passes["Bd"] + 2 * passes["B"] + passes["O"]
     seconds = interleaved_medians(steps, args.steps, args.warmup, device)
+
+    forward = seconds.pop("pass F")
+    backward = seconds.pop("pass F+B") - forward
+    delta_backward = seconds.pop("pass F+Bd") - forward
+    optimizer = seconds["plain"] - forward - backward
+    print(
+        f"passes (plain model, same rounds): F {forward:.3f}s, B {backward:.3f}s, Bd {delta_backward:.3f}s, "
+        f"O {optimizer:.3f}s"
+    )
+    bounds: dict[str, float] = {}
+    for mode in MODES:
+        k = mode.inner_steps
+        if k:
+            # (K + 2) F + K Bd + 2 B + O = plain + (K + 1) F + K Bd + B; Bregman adds the teacher's forward.
+            bounds[mode.name] = seconds["plain"] + (k + 1) * forward + k * delta_backward + backward
+            if mode.bregman:
+                bounds[mode.name] += forward  # the teacher's forward has no graph: an upper estimate
+    if reference is not None:
+        bounds["smart-pytorch K=1"] = bounds["SMART K=1"]
 
     plain = seconds["plain"]
     print(f"\n{'mode':<22} {'s/step':>8} {'x plain':>8} {'x bound':>8}")
