@@ -12,6 +12,7 @@ import transformers
 
 from data_utils.errors import exit_on_user_error
 from mt_dnn.config import parse_config
+from mt_dnn.distributed import setup, teardown
 from mt_dnn.trainer import Trainer
 
 
@@ -21,17 +22,23 @@ def main(argv: list[str] | None = None) -> dict:
     # transformers' own load/save progress bars and notes would interleave with ours on every checkpoint.
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    context = setup(config.device)  # one process, or one rank of torchrun's world
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if context.is_main:
+        handlers.append(logging.FileHandler(Path(config.output_dir) / "train.log"))
     logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        handlers=[
-            logging.StreamHandler(sys.stderr),
-            logging.FileHandler(Path(config.output_dir) / "train.log"),
-        ],
+        level=logging.INFO if context.is_main else logging.WARNING,
+        format=f"%(asctime)s %(levelname)s {f'[rank {context.rank}] ' if context.enabled else ''}%(message)s",
+        handlers=handlers,
         force=True,
     )
-    results = Trainer(config).train()
+    try:
+        results = Trainer(config, context).train()
+    finally:
+        teardown(context)
+    if not context.is_main:
+        return results
     print(
         json.dumps(
             {

@@ -52,6 +52,7 @@ class TrainingObjective:
     """
 
     def __init__(self, base_model: MTDNNModel, config: TrainConfig, total_steps: int) -> None:
+        self.base_model = base_model
         self.task_defs = base_model.task_defs
         self.adversaries: dict[str, SmartPerturbation] = {}
         if config.adv_train:
@@ -83,7 +84,12 @@ class TrainingObjective:
             outputs = run(model)
             loss = task_loss(task_def.loss, outputs, batch.labels, mask=candidate_mask)
         else:
-            result = adversary(lambda: run(model), output_divergence, batch.attention_mask)
+            result = adversary(
+                lambda: run(model),
+                output_divergence,
+                batch.attention_mask,
+                adversarial_run=lambda: run(self.base_model),
+            )
             outputs = result.outputs
             loss = task_loss(task_def.loss, outputs, batch.labels, mask=candidate_mask) + result.loss
             stats.update(

@@ -15,12 +15,18 @@ logger = logging.getLogger("mt_dnn")
 class RunLog:
     """Appends to ``<out>/metrics.jsonl`` and mirrors scalars to TensorBoard when asked and installed."""
 
-    def __init__(self, out: Path, tensorboard: bool = False, resume: bool = False) -> None:
+    def __init__(
+        self, out: Path, tensorboard: bool = False, resume: bool = False, enabled: bool = True
+    ) -> None:
+        """``enabled=False`` (ranks other than 0) writes nothing and opens no file."""
         self.path = out / "metrics.jsonl"
+        self.enabled = enabled
+        self._writer = None
+        if not enabled:
+            return
         # A resumed run continues its log; a fresh run into the same folder starts a new one.
         self._file = self.path.open("a" if resume else "w", encoding="utf-8")
         self._start = time.perf_counter()
-        self._writer = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -30,12 +36,16 @@ class RunLog:
                 self._writer = SummaryWriter(log_dir=str(out / "tensorboard"))
 
     def _write(self, record: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
         self._file.write(json.dumps({**record, "time": round(time.perf_counter() - self._start, 3)}) + "\n")
         self._file.flush()
 
     def train(self, step: int, epoch: int, lr: float, stats: Mapping[str, Mapping[str, float]]) -> None:
         """One training window: ``stats[name][task]``, with ``name`` = ``loss`` and, when adversarial training
         is on, ``adv_loss``, ``delta_ratio``, ``adv_skipped`` (a count) and ``bregman``."""
+        if not self.enabled:
+            return
         self._write(
             {
                 "type": "train",
@@ -63,6 +73,8 @@ class RunLog:
                     self._writer.add_scalar(f"train/{name}/{task}", value, step)
 
     def eval(self, step: int, epoch: int, task: str, split: str, metrics: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
         self._write(
             {
                 "type": "eval",
@@ -85,6 +97,8 @@ class RunLog:
                 self._writer.add_scalar(f"eval/{task}_{split}/{name}", value, step)
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self._file.close()
         if self._writer is not None:
             self._writer.close()

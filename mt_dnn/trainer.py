@@ -41,6 +41,7 @@ from data_utils.prepro import tokenizer_fingerprint
 from data_utils.sampler import MultiTaskBatchSampler, SamplingStrategyName, make_strategy
 from data_utils.task_def import TaskDef, load_task_defs
 from mt_dnn.config import TrainConfig
+from mt_dnn.distributed import Distributed
 from mt_dnn.inference import evaluate
 from mt_dnn.model import ModelOptions, MTDNNModel, is_checkpoint, load_tokenizer
 from mt_dnn.objective import TrainingObjective
@@ -170,10 +171,15 @@ def build_model(config: TrainConfig, task_defs: Mapping[str, TaskDef]) -> MTDNNM
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig) -> None:
+    """One training run. Under torchrun, every rank builds one with its ``Distributed`` context: the model is
+    wrapped in DistributedDataParallel, the sampler gives each rank its slice of every global batch, and only
+    rank 0 logs, shows progress and writes checkpoints."""
+
+    def __init__(self, config: TrainConfig, context: Distributed | None = None) -> None:
         self.config = config
         self.out = Path(config.output_dir)
-        self.device = resolve_device(config.device)
+        self.dist = context or Distributed(device=resolve_device(config.device))
+        self.device = self.dist.device
         set_seed(config.seed)
         self.tokenizer = load_tokenizer(config.init_checkpoint)
         self.data = load_run_data(config, self.tokenizer)
@@ -189,6 +195,8 @@ class Trainer:
             config.batch_size,
             make_strategy(config.sampling, **strategy_args),
             seed=config.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
             lengths=self.data.train.lengths if config.bucket_window else None,
             bucket_window=config.bucket_window,
         )
@@ -206,6 +214,16 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config, self.device)
         self.scheduler = build_scheduler(self.optimizer, config, self.total_steps)
         self.objective = TrainingObjective(self.model, config, self.total_steps)
+        # What runs the training forward: the model, or DDP around it. Every step trains one task's head, so
+        # the other heads have no gradient in that step: DDP must look for unused parameters when there are
+        # several tasks (all ranks draw the same task each step, so they agree on which ones).
+        self.train_module: torch.nn.Module = self.model
+        if self.dist.enabled:
+            self.train_module = torch.nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=len(config.train_datasets) > 1,
+            )
         if config.compile:
             self.model.compile_encoder()  # after the Bregman teacher's copy: the teacher stays eager
 
@@ -229,7 +247,9 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if config.resume:
             self._resume()
-        log = RunLog(self.out, tensorboard=config.tensorboard, resume=config.resume)
+        log = RunLog(
+            self.out, tensorboard=config.tensorboard, resume=config.resume, enabled=self.dist.is_main
+        )
         start_time = time.perf_counter()
         logger.info(
             "training %s on %s: %d steps (%d per epoch), %d eval splits",
@@ -239,7 +259,12 @@ class Trainer:
             self.steps_per_epoch,
             len(self.data.evals),
         )
-        progress = tqdm(total=self.total_steps, initial=self.step, disable=not config.progress, desc="train")
+        progress = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not (config.progress and self.dist.is_main),
+            desc="train",
+        )
         window = _TrainWindow(self.device)
         stopped_early = False
         while self.epoch < config.epochs and not stopped_early:
@@ -250,8 +275,13 @@ class Trainer:
             losses_finite = torch.ones((), dtype=torch.bool, device=self.device)
             for batch in self.loader:
                 batch = batch.to(self.device, non_blocking=True)
-                loss, stats = self.objective(self.model, batch)
-                (loss / config.grad_accumulation_step).backward()
+                last_micro_batch = (
+                    accumulated + 1 == config.grad_accumulation_step
+                    or self.batches_in_epoch + 1 == len(self.sampler)
+                )
+                with self._gradient_sync(last_micro_batch):
+                    loss, stats = self.objective(self.train_module, batch)
+                    (loss / config.grad_accumulation_step).backward()
                 window.add(batch.task, loss.detach(), stats)
                 losses_finite = losses_finite & torch.isfinite(loss.detach())
                 self.batches_in_epoch += 1
@@ -284,9 +314,20 @@ class Trainer:
         else:
             self._evaluate_tests_with_best(log)
         results = self._results(time.perf_counter() - start_time, finished=not stopped_early)
-        atomic_write_json(self.out / "results.json", results)
+        if self.dist.is_main:
+            atomic_write_json(self.out / "results.json", results)
         log.close()
         return results
+
+    def _gradient_sync(self, sync: bool) -> contextlib.AbstractContextManager[object]:
+        """DDP all-reduces gradients in the backward of the last micro-batch of an optimizer step only."""
+        if sync or not isinstance(self.train_module, torch.nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.train_module.no_sync()
+
+    def _barrier(self) -> None:
+        if self.dist.enabled:
+            torch.distributed.barrier()
 
     def _log_window(self, log: RunLog, window: _TrainWindow) -> None:
         self._check_skipped_steps()
@@ -309,6 +350,10 @@ class Trainer:
         max_norm = self.config.grad_clipping if self.config.grad_clipping > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         finite = torch.isfinite(grad_norm) & losses_finite
+        if self.dist.enabled:  # a non-finite loss on any rank skips the step on every rank
+            finite = finite.to(torch.int32)
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+            finite = finite.bool()
         if _skips_on_device(self.optimizer):
             self.optimizer.grad_scale = None  # type: ignore[attr-defined]
             self.optimizer.found_inf = (~finite).float()  # type: ignore[attr-defined]
@@ -361,6 +406,8 @@ class Trainer:
                     self.data.collator,
                     batch_size=self.config.batch_size_eval,
                     device=self.device,
+                    rank=self.dist.rank,
+                    world_size=self.dist.world_size,
                 )
                 scores[f"{task}_{split}"] = result.metrics
                 log.eval(self.step, self.epoch, task, split, result.metrics)
@@ -370,7 +417,9 @@ class Trainer:
         if score is not None and (self.best_score is None or score > self.best_score):
             self.best_score, self.best_step = score, self.step
             with self._timed("checkpoint"):
-                self.model.save(self.out / "best", self.tokenizer, metadata=self._metadata(scores))
+                if self.dist.is_main:
+                    self.model.save(self.out / "best", self.tokenizer, metadata=self._metadata(scores))
+                self._barrier()
             logger.info("step %d: new best %s = %.3f", self.step, self._best_key.describe(), score)
 
     def _evaluate_tests_with_best(self, log: RunLog) -> None:
@@ -386,7 +435,13 @@ class Trainer:
         model = MTDNNModel.load(best, map_location=self.device) if best.is_dir() else self.model
         for (task, split), dataset in self.data.tests.items():
             result = evaluate(
-                model, dataset, self.data.collator, batch_size=self.config.batch_size_eval, device=self.device
+                model,
+                dataset,
+                self.data.collator,
+                batch_size=self.config.batch_size_eval,
+                device=self.device,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
             )
             self.test_eval[f"{task}_{split}"] = result.metrics
             log.eval(self.best_step, self.epoch, task, split, result.metrics)
@@ -403,7 +458,9 @@ class Trainer:
 
     def _save_last(self) -> None:
         with self._timed("checkpoint"):
-            self._write_last()
+            if self.dist.is_main:
+                self._write_last()
+            self._barrier()
 
     def _write_last(self) -> None:
         state = {
@@ -571,7 +628,12 @@ class _TrainWindow:
         return bool(self.counts)
 
     def read_and_reset(self) -> dict[str, dict[str, float]]:
-        values = torch.stack([total for sums in self.sums.values() for total in sums.values()]).tolist()
+        """Means over the window (and over the ranks: every rank trains the same tasks at the same steps)."""
+        stacked = torch.stack([total for sums in self.sums.values() for total in sums.values()])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(stacked)
+            stacked = stacked / torch.distributed.get_world_size()
+        values = stacked.tolist()
         out: dict[str, dict[str, float]] = {}
         position = 0
         for name, sums in self.sums.items():

@@ -87,7 +87,10 @@ class SmartPerturbation:
     ``token_mask`` (1 = real position; e.g. the attention mask ``[B, L]``) has the shape of ``target``'s
     output without its last axis; padded positions are never perturbed. ``inner_loss_scale`` multiplies the
     inner divergence before its gradient (which is normalised, so the scale cancels): with fp16 pass the loss
-    scale so the tiny inner gradient does not underflow.
+    scale so the tiny inner gradient does not underflow. ``adversarial_run`` runs the perturbed passes when
+    they must not go through the clean pass's wrapper (DDP: only the clean pass prepares the reducer; the
+    inner passes make no parameter gradient, and the final branch's gradients meet the clean branch's in the
+    one backward).
     """
 
     def __init__(self, target: nn.Module, config: SmartConfig | None = None) -> None:
@@ -101,8 +104,10 @@ class SmartPerturbation:
         token_mask: Tensor | None = None,
         *,
         inner_loss_scale: float = 1.0,
+        adversarial_run: Callable[[], Tensor] | None = None,
     ) -> AdversarialResult:
         config = self.config
+        perturbed_run = adversarial_run or run
         rng = RngSnapshot.capture(self._device(token_mask)) if config.dropout_replay else None
         with capture_output(self.target) as captured:
             outputs = run()
@@ -117,7 +122,7 @@ class SmartPerturbation:
         target_outputs = outputs.detach()
         for _ in range(config.k):
             delta.requires_grad_(True)
-            adversarial = self._run_perturbed(run, delta * mask, rng)
+            adversarial = self._run_perturbed(perturbed_run, delta * mask, rng)
             inner = divergence(adversarial, target_outputs)
             (grad,) = torch.autograd.grad(inner * inner_loss_scale, delta)
             step_finite = torch.isfinite(grad).all()
@@ -129,7 +134,7 @@ class SmartPerturbation:
             )
         # A non-finite inner gradient turns the term off for this batch: delta 0, term 0, gradients finite.
         delta = torch.where(finite, delta, 0.0) * mask
-        adversarial = self._run_perturbed(run, delta, rng)
+        adversarial = self._run_perturbed(perturbed_run, delta, rng)
         value = divergence(adversarial, outputs)
         value = torch.where(finite, value, 0.0)
         ratio = torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(embedded.float() * mask).clamp_min(

@@ -131,7 +131,13 @@ def _toy_rows(task: str, split: str, n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def make_tiny_run(
-    root: Path, tokenizer_dir: Path, *, n_train: int = 96, n_dev: int = 16, labelled_test: bool = False
+    root: Path,
+    tokenizer_dir: Path,
+    *,
+    n_train: int = 96,
+    n_dev: int = 16,
+    labelled_test: bool = False,
+    encoder_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write toy data for the four test tasks, preprocess it, and save a tiny HF encoder + tokenizer.
 
@@ -160,7 +166,7 @@ def make_tiny_run(
     )
 
     encoder = root / "encoder"
-    config = tiny_bert_config()
+    config = tiny_bert_config(**(encoder_overrides or {}))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         BertModel(config).save_pretrained(encoder)

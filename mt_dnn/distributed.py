@@ -1,0 +1,74 @@
+"""Processes and devices for a run: one process, or torchrun's world (``RANK``/``LOCAL_RANK``/``WORLD_SIZE``).
+
+``torchrun --nproc_per_node=N train.py ...`` starts N processes; each calls ``setup`` and gets its rank, its
+device (``cuda:LOCAL_RANK`` on GPUs, the CPU otherwise) and a process group (nccl on GPUs, gloo on CPU).
+mt-dnn's ``--local_rank`` flag is accepted and ignored: torchrun's environment says the same.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from data_utils.errors import UserError
+
+__all__ = ["Distributed", "setup", "teardown"]
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that logs, shows progress and writes checkpoints."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"environment variable {name}={value!r}: expected an integer") from None
+
+
+def setup(device: str = "auto") -> Distributed:
+    """Read torchrun's environment, pick the device, and join the process group when there are several ranks.
+
+    ``device``: ``auto`` (``cuda:LOCAL_RANK`` when CUDA is available, else the CPU), ``cpu``, or ``cuda``.
+    """
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    if use_cuda:
+        single_index = 0 if device == "auto" else (torch.device(device).index or 0)
+        index = local_rank if world_size > 1 else single_index
+        chosen = torch.device("cuda", index)
+        torch.cuda.set_device(chosen)
+    else:
+        chosen = torch.device("cpu") if device == "auto" else torch.device(device)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if chosen.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    return Distributed(rank=rank, local_rank=local_rank, world_size=world_size, device=chosen)
+
+
+def teardown(context: Distributed) -> None:
+    if context.enabled and dist.is_initialized():
+        dist.destroy_process_group()

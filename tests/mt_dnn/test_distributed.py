@@ -1,0 +1,126 @@
+"""DDP on CPU (gloo, 2 processes): the same global batch gives the same weights as one process.
+
+Dropout is off (encoder and heads), so one process with batch 2B and two ranks with batch B each compute the
+same mean gradient; only the order of the floating-point sums differs. Each task's row count is a multiple of
+the global batch, so no rank pads its last batch by wrapping around.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from mt_dnn.config import TrainConfig
+from mt_dnn.distributed import Distributed, setup, teardown
+from mt_dnn.model import MTDNNModel
+from mt_dnn.trainer import Trainer
+from tests.mt_dnn.conftest import make_tiny_run
+
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+
+
+@pytest.fixture(scope="module")
+def deterministic_run(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> dict[str, Any]:
+    run = make_tiny_run(
+        tmp_path_factory.mktemp("ddp_run"), tiny_tokenizer_dir, n_train=64, encoder_overrides=NO_DROPOUT
+    )
+    # SGD: Adam divides by the root of the gradient's second moment, which turns the float noise on a parameter
+    # whose true gradient is 0 (a ranking scorer's bias: softmax ignores a shift) into steps of size lr.
+    return {**run, "dropout_p": 0.0, "epochs": 1, "batch_size": 8, "log_every_steps": 4, "optimizer": "sgd"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _rank_main(rank: int, world_size: int, port: int, config: dict[str, Any], out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        HF_HUB_OFFLINE="1",
+    )
+    torch.set_num_threads(1)
+    context = setup("cpu")
+    try:
+        trainer = Trainer(TrainConfig(**config), context)
+        trainer.train()
+        state = {key: value.detach().clone() for key, value in trainer.model.state_dict().items()}
+        torch.save(state, Path(out) / f"rank{rank}_state.pt")
+    finally:
+        teardown(context)
+
+
+def run_on_ranks(world_size: int, config: dict[str, Any], out: Path) -> list[dict[str, torch.Tensor]]:
+    out.mkdir(parents=True, exist_ok=True)
+    torch.multiprocessing.spawn(
+        _rank_main, args=(world_size, _free_port(), config, str(out)), nprocs=world_size, join=True
+    )
+    return [torch.load(out / f"rank{rank}_state.pt", weights_only=True) for rank in range(world_size)]
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -> None:
+    assert a.keys() == b.keys()
+    worst = {
+        key: float((b[key].double() - value.double()).abs().max())
+        for key, value in a.items()
+        if value.numel()
+    }
+    largest = max(worst, key=worst.__getitem__)
+    assert worst[largest] <= atol, f"{largest}: max |difference| {worst[largest]:.3g} > {atol}"
+
+
+def test_two_ranks_equal_one_process_on_the_same_global_batch(
+    deterministic_run: dict[str, Any], tmp_path: Path
+) -> None:
+    single = Trainer(TrainConfig(**{**deterministic_run, "output_dir": str(tmp_path / "one")}))
+    single.train()
+    expected = single.model.state_dict()
+
+    config = {**deterministic_run, "output_dir": str(tmp_path / "two"), "batch_size": 4}
+    rank0, rank1 = run_on_ranks(2, config, tmp_path / "states")
+    _assert_same_weights(rank0, rank1, atol=0.0)  # DDP keeps the replicas identical
+    _assert_same_weights(expected, rank0, atol=2e-5)
+    # Rank 0 alone wrote the checkpoints and the logs, and they hold the same weights.
+    saved = MTDNNModel.load(tmp_path / "two" / "last").state_dict()
+    _assert_same_weights(rank0, saved, atol=0.0)
+    assert (tmp_path / "two" / "results.json").is_file() and (tmp_path / "two" / "metrics.jsonl").is_file()
+
+
+def test_smart_with_bregman_and_accumulation_runs_on_two_ranks(
+    deterministic_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """SMART's extra forwards and delta-only backwards do not upset DDP's reducer; replicas stay in sync.
+
+    (Not compared with one process: each rank draws the initial noise for its own rows.)"""
+    config = {
+        **deterministic_run,
+        "output_dir": str(tmp_path / "smart"),
+        "batch_size": 2,
+        "grad_accumulation_step": 2,
+        "adv_train": True,
+        "adv_epsilon": 1e-3,
+        "adv_noise_var": 1e-3,
+    }
+    rank0, rank1 = run_on_ranks(2, config, tmp_path / "states")
+    _assert_same_weights(rank0, rank1, atol=0.0)
+    assert all(torch.isfinite(value).all() for value in rank0.values() if value.is_floating_point())
+    teacher = Path(config["output_dir"]) / "last" / "bregman_teacher.safetensors"
+    assert teacher.is_file()
+
+
+def test_setup_without_torchrun_is_a_single_cpu_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    context = setup("cpu")
+    assert context == Distributed(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    assert context.is_main and not context.enabled
