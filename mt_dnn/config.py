@@ -96,6 +96,9 @@ class TrainConfig:
     device: str = "auto"
     num_workers: int = 0
     compile: bool = False
+    bf16: bool = False
+    fp16: bool = False
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         self.optimizer = OptimizerName(self.optimizer)
@@ -154,6 +157,9 @@ _HELP = {
     "bregman_warmup": "fraction of optimizer steps that use --bregman_beta_warmup",
     "bregman_steps": "update the Bregman teacher every S optimizer steps",
     "compile": "torch.compile the encoder's layers (off by default: see docs/benchmarks.md)",
+    "bf16": "mixed precision: torch.autocast with bfloat16 (no loss scaling needed)",
+    "fp16": "mixed precision: torch.autocast with float16 and a dynamic loss scale (torch.amp.GradScaler)",
+    "gradient_checkpointing": "recompute encoder activations in the backward (non-reentrant): less memory",
 }
 
 
@@ -269,6 +275,8 @@ def validate(config: TrainConfig) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise UserError(f"--{name} must be > 0, got {value}")
+    if config.bf16 and config.fp16:
+        raise UserError("--bf16 and --fp16 exclude each other: pick one")
     for name in ("adv_k", "bregman_steps"):
         if getattr(config, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(config, name)}")

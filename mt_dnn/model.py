@@ -98,6 +98,15 @@ class MTDNNModel(nn.Module):
         """A fresh model on a pretrained encoder (HF folder or our checkpoint's ``encoder/``)."""
         return cls(load_encoder(encoder_path), task_defs, options)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute encoder activations in the backward; non-reentrant, so extra forwards (SMART's) and
+        ``torch.autograd.grad`` with respect to a perturbation work as without it."""
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.encoder, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+            self.encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
     def compile_encoder(self, backend: str = "inductor") -> None:
         """``torch.compile`` each transformer layer in place (dynamic shapes: batches vary in length).
 

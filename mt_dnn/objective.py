@@ -72,7 +72,9 @@ class TrainingObjective:
             )
             self.bregman = BregmanProximalPoint(base_model, bregman_config, total_steps)
 
-    def __call__(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+    def __call__(
+        self, model: nn.Module, batch: Batch, *, inner_loss_scale: float | Tensor = 1.0
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         task_def = self.task_defs[batch.task]
         candidate_mask = batch.candidate_mask if task_def.task_type is TaskType.RANKING else None
         run = functools.partial(_forward, batch=batch)
@@ -88,6 +90,7 @@ class TrainingObjective:
                 lambda: run(model),
                 output_divergence,
                 batch.attention_mask,
+                inner_loss_scale=inner_loss_scale,
                 adversarial_run=lambda: run(self.base_model),
             )
             outputs = result.outputs

@@ -82,6 +82,8 @@ _RESUME_KEYS = (
     "bregman_beta_warmup",
     "bregman_warmup",
     "bregman_steps",
+    "bf16",
+    "fp16",
 )
 
 
@@ -213,7 +215,12 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * config.epochs
         self.optimizer = build_optimizer(self.model, config, self.device)
         self.scheduler = build_scheduler(self.optimizer, config, self.total_steps)
+        if config.gradient_checkpointing:
+            self.model.enable_gradient_checkpointing()
         self.objective = TrainingObjective(self.model, config, self.total_steps)
+        # Mixed precision: autocast around the forward passes; fp16 also scales the loss (GradScaler).
+        self.amp_dtype = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.fp16)
         # What runs the training forward: the model, or DDP around it. Every step trains one task's head, so
         # the other heads have no gradient in that step: DDP must look for unused parameters when there are
         # several tasks (all ranks draw the same task each step, so they agree on which ones).
@@ -280,8 +287,11 @@ class Trainer:
                     or self.batches_in_epoch + 1 == len(self.sampler)
                 )
                 with self._gradient_sync(last_micro_batch):
-                    loss, stats = self.objective(self.train_module, batch)
-                    (loss / config.grad_accumulation_step).backward()
+                    with self._autocast():
+                        loss, stats = self.objective(
+                            self.train_module, batch, inner_loss_scale=self._inner_loss_scale()
+                        )
+                    self.scaler.scale(loss / config.grad_accumulation_step).backward()
                 window.add(batch.task, loss.detach(), stats)
                 losses_finite = losses_finite & torch.isfinite(loss.detach())
                 self.batches_in_epoch += 1
@@ -319,6 +329,19 @@ class Trainer:
         log.close()
         return results
 
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _inner_loss_scale(self) -> float | torch.Tensor:
+        """fp16: SMART's inner divergence is scaled by the loss scale, so its tiny gradient does not underflow
+        (the gradient is normalised afterwards, so the scale cancels)."""
+        if not self.scaler.is_enabled():
+            return 1.0
+        scale = self.scaler._get_scale_async()  # a device tensor: no host sync (None before the first step)
+        return scale if scale is not None else self.scaler.get_scale()
+
     def _gradient_sync(self, sync: bool) -> contextlib.AbstractContextManager[object]:
         """DDP all-reduces gradients in the backward of the last micro-batch of an optimizer step only."""
         if sync or not isinstance(self.train_module, torch.nn.parallel.DistributedDataParallel):
@@ -348,13 +371,22 @@ class Trainer:
         synchronisation; the counters are read at log time on an accelerator, every step on the CPU.
         """
         max_norm = self.config.grad_clipping if self.config.grad_clipping > 0 else math.inf
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         finite = torch.isfinite(grad_norm) & losses_finite
         if self.dist.enabled:  # a non-finite loss on any rank skips the step on every rank
             finite = finite.to(torch.int32)
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
             finite = finite.bool()
-        if _skips_on_device(self.optimizer):
+        if self.scaler.is_enabled():
+            # fp16: the scaler skips a step whose gradients overflowed and lowers its scale; an overflow is
+            # routine there, so only a non-finite *loss* counts towards --max_nonfinite_steps.
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.objective.after_optimizer_step(self.step + 1, applied=finite)
+            finite = losses_finite
+        elif _skips_on_device(self.optimizer):
             self.optimizer.grad_scale = None  # type: ignore[attr-defined]
             self.optimizer.found_inf = (~finite).float()  # type: ignore[attr-defined]
             try:
@@ -408,6 +440,7 @@ class Trainer:
                     device=self.device,
                     rank=self.dist.rank,
                     world_size=self.dist.world_size,
+                    autocast_dtype=self.amp_dtype,
                 )
                 scores[f"{task}_{split}"] = result.metrics
                 log.eval(self.step, self.epoch, task, split, result.metrics)
@@ -442,6 +475,7 @@ class Trainer:
                 device=self.device,
                 rank=self.dist.rank,
                 world_size=self.dist.world_size,
+                autocast_dtype=self.amp_dtype,
             )
             self.test_eval[f"{task}_{split}"] = result.metrics
             log.eval(self.best_step, self.epoch, task, split, result.metrics)
@@ -471,6 +505,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "sampler": self.sampler.state_dict(steps_consumed=self.batches_in_epoch),
+            "grad_scaler": self.scaler.state_dict(),
             "rng": _rng_state(),
             "best_score": self.best_score,
             "best_step": self.best_step,
@@ -506,6 +541,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
+        if state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
         _set_rng_state(state["rng"])
         self.step, self.epoch, self.batches_in_epoch = (
             state["step"],

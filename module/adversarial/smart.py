@@ -103,7 +103,7 @@ class SmartPerturbation:
         divergence: Divergence,
         token_mask: Tensor | None = None,
         *,
-        inner_loss_scale: float = 1.0,
+        inner_loss_scale: float | Tensor = 1.0,
         adversarial_run: Callable[[], Tensor] | None = None,
     ) -> AdversarialResult:
         config = self.config

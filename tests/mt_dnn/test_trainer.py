@@ -97,9 +97,11 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(
     calls = {"n": 0}
     real_call = TrainingObjective.__call__
 
-    def sometimes_nan(self: TrainingObjective, model: Any, batch: Any) -> tuple[torch.Tensor, dict]:
+    def sometimes_nan(
+        self: TrainingObjective, model: Any, batch: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, dict]:
         calls["n"] += 1
-        loss, stats = real_call(self, model, batch)
+        loss, stats = real_call(self, model, batch, **kwargs)
         return (loss * float("nan") if calls["n"] in (2, 5, 6) else loss), stats
 
     monkeypatch.setattr(TrainingObjective, "__call__", sometimes_nan)
@@ -115,7 +117,7 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(
     monkeypatch.setattr(
         TrainingObjective,
         "__call__",
-        lambda self, model, batch: (torch.tensor(float("nan"), requires_grad=True), {}),
+        lambda self, model, batch, **kwargs: (torch.tensor(float("nan"), requires_grad=True), {}),
     )
     with pytest.raises(TrainingDiverged, match="3 non-finite losses in a row"):
         diverging.train()
@@ -163,8 +165,10 @@ def test_logged_window_loss_is_the_mean_of_the_step_losses(
     seen: list[tuple[str, float]] = []
     real_call = TrainingObjective.__call__
 
-    def recording(self: TrainingObjective, model: Any, batch: Any) -> tuple[torch.Tensor, dict]:
-        loss, stats = real_call(self, model, batch)
+    def recording(
+        self: TrainingObjective, model: Any, batch: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, dict]:
+        loss, stats = real_call(self, model, batch, **kwargs)
         seen.append((batch.task, loss.item()))
         return loss, stats
 
