@@ -40,7 +40,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _rank_main(rank: int, world_size: int, port: int, config: dict[str, Any], out: str) -> None:
+def _rank_main(
+    rank: int, world_size: int, port: int, config: dict[str, Any], out: str, until_step: int | None
+) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -53,17 +55,22 @@ def _rank_main(rank: int, world_size: int, port: int, config: dict[str, Any], ou
     context = setup("cpu")
     try:
         trainer = Trainer(TrainConfig(**config), context)
-        trainer.train()
+        trainer.train(until_step=until_step)
         state = {key: value.detach().clone() for key, value in trainer.model.state_dict().items()}
         torch.save(state, Path(out) / f"rank{rank}_state.pt")
     finally:
         teardown(context)
 
 
-def run_on_ranks(world_size: int, config: dict[str, Any], out: Path) -> list[dict[str, torch.Tensor]]:
+def run_on_ranks(
+    world_size: int, config: dict[str, Any], out: Path, until_step: int | None = None
+) -> list[dict[str, torch.Tensor]]:
     out.mkdir(parents=True, exist_ok=True)
     torch.multiprocessing.spawn(
-        _rank_main, args=(world_size, _free_port(), config, str(out)), nprocs=world_size, join=True
+        _rank_main,
+        args=(world_size, _free_port(), config, str(out), until_step),
+        nprocs=world_size,
+        join=True,
     )
     return [torch.load(out / f"rank{rank}_state.pt", weights_only=True) for rank in range(world_size)]
 
@@ -116,6 +123,18 @@ def test_smart_with_bregman_and_accumulation_runs_on_two_ranks(
     assert all(torch.isfinite(value).all() for value in rank0.values() if value.is_floating_point())
     teacher = Path(config["output_dir"]) / "last" / "bregman_teacher.safetensors"
     assert teacher.is_file()
+
+
+def test_a_resumed_two_rank_run_equals_the_uninterrupted_one(
+    deterministic_run: dict[str, Any], tmp_path: Path
+) -> None:
+    config = {**deterministic_run, "batch_size": 4, "epochs": 2, "optimizer": "adamw"}
+    full = run_on_ranks(2, {**config, "output_dir": str(tmp_path / "full")}, tmp_path / "full_states")
+    split = {**config, "output_dir": str(tmp_path / "split")}
+    run_on_ranks(2, split, tmp_path / "first_states", until_step=11)  # mid-way through the first epoch
+    resumed = run_on_ranks(2, {**split, "resume": True}, tmp_path / "resumed_states")
+    _assert_same_weights(full[0], resumed[0], atol=1e-6)
+    _assert_same_weights(resumed[0], resumed[1], atol=0.0)
 
 
 def test_setup_without_torchrun_is_a_single_cpu_process(monkeypatch: pytest.MonkeyPatch) -> None:
