@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 from collections.abc import Callable, Mapping
 
 from torch import Tensor, nn
@@ -73,8 +74,15 @@ class TrainingObjective:
             self.bregman = BregmanProximalPoint(base_model, bregman_config, total_steps)
 
     def __call__(
-        self, model: nn.Module, batch: Batch, *, inner_loss_scale: float | Tensor = 1.0
+        self,
+        model: nn.Module,
+        batch: Batch,
+        *,
+        inner_loss_scale: float | Tensor = 1.0,
+        noise_salt: str | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``noise_salt`` (e.g. the run's seed and epoch) seeds SMART's initial noise per example (its uid),
+        so the noise does not depend on the batch or the rank an example lands in."""
         task_def = self.task_defs[batch.task]
         candidate_mask = batch.candidate_mask if task_def.task_type is TaskType.RANKING else None
         run = functools.partial(_forward, batch=batch)
@@ -92,6 +100,7 @@ class TrainingObjective:
                 batch.attention_mask,
                 inner_loss_scale=inner_loss_scale,
                 adversarial_run=lambda: run(self.base_model),
+                noise_seeds=None if noise_salt is None else example_seeds(noise_salt, batch),
             )
             outputs = result.outputs
             loss = task_loss(task_def.loss, outputs, batch.labels, mask=candidate_mask) + result.loss
@@ -116,6 +125,15 @@ class TrainingObjective:
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
         if self.bregman is not None:
             self.bregman.load_state_dict(state)
+
+
+def example_seeds(salt: str, batch: Batch) -> list[int]:
+    """One 63-bit seed per input sequence from (salt, uid, candidate): ranking rows have one per candidate."""
+    return [
+        int.from_bytes(hashlib.blake2b(f"{salt}|{uid}|{k}".encode(), digest_size=8).digest(), "little") >> 1
+        for uid in batch.uids
+        for k in range(batch.n_candidates)
+    ]
 
 
 def _forward(model: Callable[..., Tensor], *, batch: Batch) -> Tensor:

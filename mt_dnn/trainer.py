@@ -289,7 +289,10 @@ class Trainer:
                 with self._gradient_sync(last_micro_batch):
                     with self._autocast():
                         loss, stats = self.objective(
-                            self.train_module, batch, inner_loss_scale=self._inner_loss_scale()
+                            self.train_module,
+                            batch,
+                            inner_loss_scale=self._inner_loss_scale(),
+                            noise_salt=f"{config.seed}|{self.epoch}",
                         )
                     self.scaler.scale(loss / config.grad_accumulation_step).backward()
                 window.add(batch.task, loss.detach(), stats)

@@ -20,7 +20,7 @@ forward hook, so the class works on any ``nn.Module``; ``run`` is a closure that
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -90,7 +90,9 @@ class SmartPerturbation:
     scale so the tiny inner gradient does not underflow. ``adversarial_run`` runs the perturbed passes when
     they must not go through the clean pass's wrapper (DDP: only the clean pass prepares the reducer; the
     inner passes make no parameter gradient, and the final branch's gradients meet the clean branch's in the
-    one backward).
+    one backward). ``noise_seeds`` (one int per row of the target's output) draws each row's initial noise
+    from its own generator, so a row's noise does not depend on which batch, rank or padding it came with
+    (DDP on N ranks then equals one process on the same global batch); without it the global RNG is used.
     """
 
     def __init__(self, target: nn.Module, config: SmartConfig | None = None) -> None:
@@ -105,6 +107,7 @@ class SmartPerturbation:
         *,
         inner_loss_scale: float | Tensor = 1.0,
         adversarial_run: Callable[[], Tensor] | None = None,
+        noise_seeds: Sequence[int] | None = None,
     ) -> AdversarialResult:
         config = self.config
         perturbed_run = adversarial_run or run
@@ -115,9 +118,7 @@ class SmartPerturbation:
         assert embedded is not None  # capture_output checked that the target ran once
         mask = self._position_mask(token_mask, embedded)
 
-        delta = (
-            torch.randn(embedded.shape, device=embedded.device, dtype=torch.float32) * config.noise_var * mask
-        )
+        delta = _initial_noise(embedded, noise_seeds, mask) * config.noise_var * mask
         finite = torch.ones((), dtype=torch.bool, device=embedded.device)
         target_outputs = outputs.detach()
         for _ in range(config.k):
@@ -173,3 +174,25 @@ class SmartPerturbation:
                 f"{tuple(embedded.shape)} without its last axis"
             )
         return token_mask.to(device=embedded.device, dtype=torch.float32).unsqueeze(-1)
+
+
+def _initial_noise(embedded: Tensor, seeds: Sequence[int] | None, mask: Tensor) -> Tensor:
+    """Standard normal noise shaped like ``embedded`` (fp32); per row from ``seeds`` when given.
+
+    A seeded row draws exactly one vector per real position (``mask``), in order, and leaves padding at 0, so
+    its noise is the same however long the batch around it is padded.
+    """
+    if seeds is None:
+        return torch.randn(embedded.shape, device=embedded.device, dtype=torch.float32)
+    if len(seeds) != embedded.shape[0]:
+        raise ValueError(f"{len(seeds)} noise seeds for {embedded.shape[0]} rows")
+    real = mask.squeeze(-1).bool()
+    counts = real.reshape(real.shape[0], -1).sum(dim=1).tolist()
+    generator = torch.Generator(device=embedded.device)
+    noise = torch.zeros(embedded.shape, device=embedded.device, dtype=torch.float32)
+    for row, (seed, count) in enumerate(zip(seeds, counts, strict=True)):
+        generator.manual_seed(int(seed))
+        noise[row][real[row]] = torch.randn(
+            (int(count), embedded.shape[-1]), generator=generator, device=embedded.device
+        )
+    return noise

@@ -222,3 +222,23 @@ def test_finite_and_bounded_under_bf16_autocast() -> None:
     assert torch.isfinite(result.loss) and result.skipped.item() == 0.0
     result.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_seeded_noise_is_per_row_whatever_the_batch_and_padding() -> None:
+    """With noise_seeds, a row's initial noise depends on its seed alone (not on the batch or padding)."""
+    embedding = nn.Embedding(20, 4)
+    config = SmartConfig(step_size=0.0, epsilon=10.0, noise_var=1.0)  # delta = the initial noise, unmoved
+
+    def noise(n_rows: int, length: int, seeds: list[int], real: list[int]) -> Tensor:
+        ids = torch.ones(n_rows, length, dtype=torch.long)
+        mask = (torch.arange(length) < torch.tensor(real).unsqueeze(1)).long()
+        smart = SmartPerturbation(embedding, config)
+        return smart(lambda: embedding(ids).sum((1, 2)).unsqueeze(1), mse, mask, noise_seeds=seeds).delta
+
+    short = noise(2, 3, [11, 22], real=[3, 2])
+    long = noise(3, 9, [22, 33, 11], real=[2, 9, 3])
+    assert torch.equal(short[0], long[2, :3]) and torch.equal(short[1], long[0, :3])
+    assert torch.equal(long[0, 2:], torch.zeros(7, 4)) and torch.equal(short[1, 2:], torch.zeros(1, 4))
+    assert not torch.equal(long[1, :2], long[0, :2])
+    with pytest.raises(ValueError, match="noise seeds"):
+        noise(2, 3, [1], real=[3, 3])
