@@ -164,3 +164,56 @@ def test_a_missing_file_and_an_unknown_task(glue_dir: Path, tmp_path: Path) -> N
         prepare.prepare(glue_dir, tmp_path, ["wnli"])
     with pytest.raises(SystemExit):
         prepare.main(["--glue_dir", str(glue_dir), "--output_dir", str(tmp_path), "--tasks", "cola,glue"])
+
+
+def test_submission_files_have_the_official_names_headers_rows_and_labels(
+    glue_dir: Path, tmp_path: Path, tiny_tokenizer: object
+) -> None:
+    from transformers import BertModel
+
+    from experiments.glue import submission
+    from mt_dnn.model import MTDNNModel
+    from tests.mt_dnn.conftest import tiny_bert_config
+
+    data = tmp_path / "data"
+    prepare.prepare(glue_dir, data, list(prepare.TASKS))
+    task_defs = load_task_defs(prepare.TASK_DEF)
+    heads = {name: task for name, task in task_defs.items() if name != "ax"}
+    checkpoint = tmp_path / "checkpoint"
+    MTDNNModel(BertModel(tiny_bert_config()), heads).save(checkpoint, tiny_tokenizer)
+
+    written = submission.main(
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--data_dir",
+            str(data),
+            "--output_dir",
+            str(tmp_path / "sub"),
+            "--device",
+            "cpu",
+        ]
+    )
+    names = {path.name for path in written}
+    assert names == {
+        "CoLA.tsv", "SST-2.tsv", "MRPC.tsv", "STS-B.tsv", "QQP.tsv", "MNLI-m.tsv", "MNLI-mm.tsv", "QNLI.tsv",
+        "RTE.tsv", "WNLI.tsv", "AX.tsv",
+    }  # fmt: skip
+    allowed = {
+        "CoLA": {"0", "1"}, "SST-2": {"0", "1"}, "MRPC": {"0", "1"}, "QQP": {"0", "1"}, "WNLI": {"0", "1"},
+        "MNLI-m": {"entailment", "neutral", "contradiction"}, "MNLI-mm": {"entailment", "neutral", "contradiction"},
+        "AX": {"entailment", "neutral", "contradiction"}, "QNLI": {"entailment", "not_entailment"},
+        "RTE": {"entailment", "not_entailment"},
+    }  # fmt: skip
+    sources = {name: (task, split) for name, _, task, split in submission.SUBMISSION_FILES}
+    for path in written:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        assert lines[0] == "index\tprediction"
+        task, split = sources[path.stem]
+        assert len(lines) - 1 == len(rows_of(data / f"{task}_{split}.jsonl"))
+        indices, predictions = zip(*(line.split("\t") for line in lines[1:]), strict=True)
+        assert list(indices) == [str(i) for i in range(len(indices))]
+        if path.stem == "STS-B":
+            assert all(float(value) == float(value) for value in predictions)
+        else:
+            assert set(predictions) <= allowed[path.stem]
