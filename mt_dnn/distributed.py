@@ -8,6 +8,7 @@ mt-dnn's ``--local_rank`` flag is accepted and ignored: torchrun's environment s
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -16,7 +17,7 @@ import torch.distributed as dist
 
 from data_utils.errors import UserError
 
-__all__ = ["Distributed", "setup", "teardown"]
+__all__ = ["Distributed", "free_port", "local_rank_environment", "setup", "teardown"]
 
 
 @dataclass(frozen=True)
@@ -72,3 +73,21 @@ def setup(device: str = "auto") -> Distributed:
 def teardown(context: Distributed) -> None:
     if context.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def free_port() -> int:
+    """A TCP port free on this machine right now (for a one-machine world started without torchrun)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def local_rank_environment(rank: int, world_size: int, port: int) -> None:
+    """Set what torchrun would set for ``rank`` of a one-machine world (benchmarks and tests spawn ranks)."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+    )

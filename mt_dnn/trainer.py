@@ -435,18 +435,8 @@ class Trainer:
         scores: dict[str, dict[str, float]] = {}
         with self._timed("eval"):
             for (task, split), dataset in self.data.evals.items():
-                result = evaluate(
-                    self.model,
-                    dataset,
-                    self.data.collator,
-                    batch_size=self.config.batch_size_eval,
-                    device=self.device,
-                    rank=self.dist.rank,
-                    world_size=self.dist.world_size,
-                    autocast_dtype=self.amp_dtype,
-                )
-                scores[f"{task}_{split}"] = result.metrics
-                log.eval(self.step, self.epoch, task, split, result.metrics)
+                scores[f"{task}_{split}"] = self._score(self.model, dataset)
+                log.eval(self.step, self.epoch, task, split, scores[f"{task}_{split}"])
         self.model.train()
         self.last_eval = scores
         score = self._best_key.score(scores)
@@ -470,18 +460,21 @@ class Trainer:
         best = self.out / "best"
         model = MTDNNModel.load(best, map_location=self.device) if best.is_dir() else self.model
         for (task, split), dataset in self.data.tests.items():
-            result = evaluate(
-                model,
-                dataset,
-                self.data.collator,
-                batch_size=self.config.batch_size_eval,
-                device=self.device,
-                rank=self.dist.rank,
-                world_size=self.dist.world_size,
-                autocast_dtype=self.amp_dtype,
-            )
-            self.test_eval[f"{task}_{split}"] = result.metrics
-            log.eval(self.best_step, self.epoch, task, split, result.metrics)
+            self.test_eval[f"{task}_{split}"] = self._score(model, dataset)
+            log.eval(self.best_step, self.epoch, task, split, self.test_eval[f"{task}_{split}"])
+
+    def _score(self, model: MTDNNModel, dataset: TaskDataset) -> dict[str, float]:
+        """The metrics of ``model`` on a split, predicted by every rank and gathered."""
+        return evaluate(
+            model,
+            dataset,
+            self.data.collator,
+            batch_size=self.config.batch_size_eval,
+            device=self.device,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            autocast_dtype=self.amp_dtype,
+        ).metrics
 
     # ------------------------------------------------------------------ checkpoints and resume
 

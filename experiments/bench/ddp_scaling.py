@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -25,29 +24,18 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from experiments.bench.throughput import model_path, prepare_cache, sample_rows  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from mt_dnn.distributed import free_port  # noqa: E402
 
 
 def _rank_main(rank: int, world_size: int, port: int, job: dict[str, Any], results: Any) -> None:
     import torch
 
     from mt_dnn.config import TrainConfig
-    from mt_dnn.distributed import setup, teardown
+    from mt_dnn.distributed import local_rank_environment, setup, teardown
     from mt_dnn.trainer import Trainer
 
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        HF_HUB_OFFLINE="1",
-    )
+    local_rank_environment(rank, world_size, port)
+    os.environ["HF_HUB_OFFLINE"] = "1"
     torch.set_num_threads(max(1, job["threads"] // world_size))
     context = setup(job["device"])
     try:
@@ -64,7 +52,7 @@ def run(job: dict[str, Any], world_size: int) -> dict[str, Any]:
     context = mp.get_context("spawn")
     queue = context.SimpleQueue()
     mp.start_processes(
-        _rank_main, args=(world_size, _free_port(), job, queue), nprocs=world_size, start_method="spawn"
+        _rank_main, args=(world_size, free_port(), job, queue), nprocs=world_size, start_method="spawn"
     )
     summary = queue.get()
     seconds = summary["train_seconds"] - summary["eval_seconds"] - summary["checkpoint_seconds"]

@@ -8,7 +8,6 @@ the global batch, so no rank pads its last batch by wrapping around.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 from mt_dnn.config import TrainConfig
-from mt_dnn.distributed import Distributed, setup, teardown
+from mt_dnn.distributed import Distributed, free_port, local_rank_environment, setup, teardown
 from mt_dnn.model import MTDNNModel
 from mt_dnn.trainer import Trainer
 from tests.mt_dnn.conftest import make_tiny_run
@@ -34,23 +33,11 @@ def deterministic_run(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_d
     return {**run, "dropout_p": 0.0, "epochs": 1, "batch_size": 8, "log_every_steps": 4, "optimizer": "sgd"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _rank_main(
     rank: int, world_size: int, port: int, config: dict[str, Any], out: str, until_step: int | None
 ) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        HF_HUB_OFFLINE="1",
-    )
+    local_rank_environment(rank, world_size, port)
+    os.environ["HF_HUB_OFFLINE"] = "1"
     torch.set_num_threads(1)
     context = setup("cpu")
     try:
@@ -68,7 +55,7 @@ def run_on_ranks(
     out.mkdir(parents=True, exist_ok=True)
     torch.multiprocessing.spawn(
         _rank_main,
-        args=(world_size, _free_port(), config, str(out), until_step),
+        args=(world_size, free_port(), config, str(out), until_step),
         nprocs=world_size,
         join=True,
     )
