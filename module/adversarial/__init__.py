@@ -1,20 +1,69 @@
-"""Adversarial regularisation on the output of any module (model-agnostic): SMART and its building blocks."""
+"""Adversarial training on the output of any module (model-agnostic): SMART and the family, one registry.
 
+``build_method(name, target, **hyper_parameters)`` -> an ``AdversarialMethod``; describe each batch with
+``AdversarialBatch`` and call ``method.train_step(batch)`` (or ``method(batch)`` and backpropagate yourself
+when ``not method.owns_backward``). See ``module.adversarial.base`` for the contract.
+"""
+
+from module.adversarial.base import AdversarialBatch, AdversarialMethod, AdversarialStep, Backward
+from module.adversarial.free import YOPO, FreeAT, FreeATConfig, FreeLB, FreeLBConfig, YOPOConfig
+from module.adversarial.gradient_attacks import FGM, FGSM, PGD, FGMConfig, FGSMConfig, PGDConfig
 from module.adversarial.hooks import RngSnapshot, add_to_output, capture_output
+from module.adversarial.names import AdversarialMethodName
 from module.adversarial.norms import NormLevel, PNorm, norm, normalize, project
+from module.adversarial.registry import METHODS, MethodSpec, build_method, method_parameters
 from module.adversarial.smart import AdversarialResult, Divergence, SmartConfig, SmartPerturbation
+from module.adversarial.virtual import (
+    ALUM,
+    R3F,
+    R4F,
+    ALUMConfig,
+    NoiseType,
+    R3FConfig,
+    Smart,
+    spectral_normalize,
+)
 
 __all__ = [
+    "ALUM",
+    "ALUMConfig",
+    "FGM",
+    "FGMConfig",
+    "FGSM",
+    "FGSMConfig",
+    "METHODS",
+    "PGD",
+    "PGDConfig",
+    "R3F",
+    "R3FConfig",
+    "R4F",
+    "YOPO",
+    "YOPOConfig",
+    "AdversarialBatch",
+    "AdversarialMethod",
+    "AdversarialMethodName",
     "AdversarialResult",
+    "AdversarialStep",
+    "Backward",
     "Divergence",
+    "FreeAT",
+    "FreeATConfig",
+    "FreeLB",
+    "FreeLBConfig",
+    "MethodSpec",
+    "NoiseType",
     "NormLevel",
     "PNorm",
     "RngSnapshot",
+    "Smart",
     "SmartConfig",
     "SmartPerturbation",
     "add_to_output",
+    "build_method",
     "capture_output",
+    "method_parameters",
     "norm",
     "normalize",
     "project",
+    "spectral_normalize",
 ]

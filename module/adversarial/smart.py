@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from module.adversarial.hooks import RngSnapshot, add_to_output, capture_output
+from module.adversarial.delta import delta_ratio, finite_or_zero, initial_noise, position_mask, run_with_delta
+from module.adversarial.hooks import RngSnapshot, capture_output
 from module.adversarial.norms import NormLevel, PNorm, normalize, project
 
 __all__ = ["AdversarialResult", "Divergence", "SmartConfig", "SmartPerturbation"]
@@ -116,83 +117,38 @@ class SmartPerturbation:
             outputs = run()
         embedded = captured.value
         assert embedded is not None  # capture_output checked that the target ran once
-        mask = self._position_mask(token_mask, embedded)
+        mask = position_mask(token_mask, embedded)
 
-        delta = _initial_noise(embedded, noise_seeds, mask) * config.noise_var * mask
+        delta = initial_noise(embedded, noise_seeds, mask) * config.noise_var * mask
         finite = torch.ones((), dtype=torch.bool, device=embedded.device)
         target_outputs = outputs.detach()
         for _ in range(config.k):
             delta.requires_grad_(True)
-            adversarial = self._run_perturbed(perturbed_run, delta * mask, rng)
+            adversarial = run_with_delta(self.target, perturbed_run, delta * mask, rng)
             inner = divergence(adversarial, target_outputs)
             (grad,) = torch.autograd.grad(inner * inner_loss_scale, delta)
-            step_finite = torch.isfinite(grad).all()
+            grad, step_finite = finite_or_zero(grad)
             finite = finite & step_finite
-            grad = torch.where(step_finite, grad, 0.0)
             step = normalize(grad, config.p_norm, config.norm_level)
             delta = project(
                 delta.detach() + config.step_size * step, config.p_norm, config.epsilon, config.norm_level
             )
         # A non-finite inner gradient turns the term off for this batch: delta 0, term 0, gradients finite.
         delta = torch.where(finite, delta, 0.0) * mask
-        adversarial = self._run_perturbed(perturbed_run, delta, rng)
+        adversarial = run_with_delta(self.target, perturbed_run, delta, rng)
         value = divergence(adversarial, outputs)
         value = torch.where(finite, value, 0.0)
-        ratio = torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(embedded.float() * mask).clamp_min(
-            torch.finfo(torch.float32).tiny
-        )
         return AdversarialResult(
             outputs=outputs,
             loss=config.alpha * value,
             divergence=value.detach(),
-            delta_ratio=ratio.detach(),
+            delta_ratio=delta_ratio(delta, embedded, mask),
             skipped=(~finite).float(),
             delta=delta.detach(),
         )
-
-    def _run_perturbed(self, run: Callable[[], Tensor], delta: Tensor, rng: RngSnapshot | None) -> Tensor:
-        with add_to_output(self.target, delta):
-            if rng is None:
-                return run()
-            with rng.replay():
-                return run()
 
     def _device(self, token_mask: Tensor | None) -> torch.device:
         if token_mask is not None:
             return token_mask.device
         parameter = next(self.target.parameters(), None)
         return parameter.device if parameter is not None else torch.device("cpu")
-
-    @staticmethod
-    def _position_mask(token_mask: Tensor | None, embedded: Tensor) -> Tensor:
-        """``[..., 1]`` float mask over the output's positions (all ones without a token mask)."""
-        if token_mask is None:
-            return torch.ones((*embedded.shape[:-1], 1), device=embedded.device, dtype=torch.float32)
-        if token_mask.shape != embedded.shape[:-1]:
-            raise ValueError(
-                f"token_mask shape {tuple(token_mask.shape)} does not match the perturbed output "
-                f"{tuple(embedded.shape)} without its last axis"
-            )
-        return token_mask.to(device=embedded.device, dtype=torch.float32).unsqueeze(-1)
-
-
-def _initial_noise(embedded: Tensor, seeds: Sequence[int] | None, mask: Tensor) -> Tensor:
-    """Standard normal noise shaped like ``embedded`` (fp32); per row from ``seeds`` when given.
-
-    A seeded row draws exactly one vector per real position (``mask``), in order, and leaves padding at 0, so
-    its noise is the same however long the batch around it is padded.
-    """
-    if seeds is None:
-        return torch.randn(embedded.shape, device=embedded.device, dtype=torch.float32)
-    if len(seeds) != embedded.shape[0]:
-        raise ValueError(f"{len(seeds)} noise seeds for {embedded.shape[0]} rows")
-    real = mask.squeeze(-1).bool()
-    counts = real.reshape(real.shape[0], -1).sum(dim=1).tolist()
-    generator = torch.Generator(device=embedded.device)
-    noise = torch.zeros(embedded.shape, device=embedded.device, dtype=torch.float32)
-    for row, (seed, count) in enumerate(zip(seeds, counts, strict=True)):
-        generator.manual_seed(int(seed))
-        noise[row][real[row]] = torch.randn(
-            (int(count), embedded.shape[-1]), generator=generator, device=embedded.device
-        )
-    return noise
