@@ -18,7 +18,7 @@ import yaml
 from data_utils.enums import parse_enum
 from data_utils.errors import UserError
 from data_utils.sampler import SamplingStrategyName
-from module.adversarial.norms import NormLevel, PNorm
+from module.adversarial import METHODS, AdversarialMethodName, NoiseType, NormLevel, PNorm, method_parameters
 
 
 class OptimizerName(StrEnum):
@@ -63,16 +63,22 @@ class TrainConfig:
     ratio: float = 0.0
     temperature: float = 1.0
     bucket_window: int = 20
-    # adversarial training: SMART (Jiang et al. 2020); defaults are the paper's
+    # adversarial training: --adv_train alone is SMART (Jiang et al. 2020); --adv_method picks any registered
+    # method (and implies --adv_train). A hyper-parameter left at None takes the method's paper default.
     adv_train: bool = False
-    adv_alpha: float = 1.0
-    adv_k: int = 1
-    adv_step_size: float = 1e-3
-    adv_noise_var: float = 1e-5
-    adv_epsilon: float = 1e-5
-    adv_p_norm: PNorm = PNorm.INF
-    adv_norm_level: NormLevel = NormLevel.TOKEN
-    adv_dropout_replay: bool = False
+    adv_method: AdversarialMethodName | None = None
+    adv_alpha: float | None = None
+    adv_k: int | None = None
+    adv_step_size: float | None = None
+    adv_noise_var: float | None = None
+    adv_epsilon: float | None = None
+    adv_p_norm: PNorm | None = None
+    adv_norm_level: NormLevel | None = None
+    adv_dropout_replay: bool | None = None
+    adv_init_mag: float | None = None
+    adv_replays: int | None = None
+    adv_outer_steps: int | None = None
+    adv_noise_type: NoiseType | None = None
     # momentum Bregman proximal point (SMART Alg. 1); None: 1.0 with --adv_train (the paper's SMART), else off
     bregman_mu: float | None = None
     bregman_beta: float = 0.999
@@ -101,13 +107,20 @@ class TrainConfig:
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        self.optimizer = OptimizerName(self.optimizer)
-        self.scheduler_type = SchedulerName(self.scheduler_type)
-        self.sampling = SamplingStrategyName(self.sampling)
-        self.adv_p_norm = PNorm(self.adv_p_norm)
-        self.adv_norm_level = NormLevel(self.adv_norm_level)
+        for name, enum in _ENUM_FIELDS.items():
+            if getattr(self, name) is not None:
+                setattr(self, name, enum(getattr(self, name)))
+        if self.adv_method is not None:
+            self.adv_train = True
+        elif self.adv_train:
+            self.adv_method = AdversarialMethodName.SMART
         if self.bregman_mu is None:
-            self.bregman_mu = 1.0 if self.adv_train else 0.0
+            self.bregman_mu = 1.0 if self.adv_method is AdversarialMethodName.SMART else 0.0
+
+    def adversarial_parameters(self) -> dict[str, Any]:
+        """The adversarial hyper-parameters given (flags or YAML), by the method's parameter names."""
+        values = {name: getattr(self, f"{_ADV_PREFIX}{name}") for name in ADVERSARIAL_PARAMETERS}
+        return {name: value for name, value in values.items() if value is not None}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -119,11 +132,40 @@ _ENUM_FIELDS: dict[str, type[StrEnum]] = {
     "optimizer": OptimizerName,
     "scheduler_type": SchedulerName,
     "sampling": SamplingStrategyName,
+    "adv_method": AdversarialMethodName,
     "adv_p_norm": PNorm,
     "adv_norm_level": NormLevel,
+    "adv_noise_type": NoiseType,
 }
+_ADV_PREFIX = "adv_"
+# The adversarial flags that are method hyper-parameters: --adv_<name> sets the method config's <name>.
+ADVERSARIAL_PARAMETERS = (
+    "alpha",
+    "k",
+    "step_size",
+    "noise_var",
+    "epsilon",
+    "p_norm",
+    "norm_level",
+    "dropout_replay",
+    "init_mag",
+    "replays",
+    "outer_steps",
+    "noise_type",
+)
 # Fields whose default is None: the type their value takes when given.
-_OPTIONAL_TYPES: dict[str, type] = {"bregman_mu": float}
+_OPTIONAL_TYPES: dict[str, type] = {
+    "bregman_mu": float,
+    "adv_alpha": float,
+    "adv_k": int,
+    "adv_step_size": float,
+    "adv_noise_var": float,
+    "adv_epsilon": float,
+    "adv_dropout_replay": bool,
+    "adv_init_mag": float,
+    "adv_replays": int,
+    "adv_outer_steps": int,
+}
 _HELP = {
     "task_def": "task-definition YAML",
     "data_dir": "token-id cache folder written by prepro_std.py (e.g. data/demo/minilm)",
@@ -142,15 +184,20 @@ _HELP = {
     "best_metric": "'mean' (of each eval task's first metric on its first dev split) or TASK:METRIC",
     "resume": "continue from <output_dir>/last if it exists",
     "max_nonfinite_steps": "stop after this many non-finite losses in a row",
-    "adv_train": "SMART: adversarial regularisation of the word embeddings, plus the Bregman term",
+    "adv_train": "adversarial training; alone: SMART (adversarial term + Bregman step)",
+    "adv_method": "adversarial method (implies --adv_train; default smart); each takes its paper's defaults",
     "adv_alpha": "weight of the adversarial term (task YAML adv_alpha overrides per task)",
-    "adv_k": "inner ascent steps per batch",
-    "adv_step_size": "inner ascent step size (on the normalised gradient)",
-    "adv_noise_var": "std of the initial noise (mt-dnn's name; the paper's sigma)",
+    "adv_k": "ascent steps per batch (SMART/ALUM/PGD/FreeLB K; YOPO's n first-layer steps)",
+    "adv_step_size": "ascent step size (on the normalised gradient)",
+    "adv_noise_var": "std of the initial noise (mt-dnn's name; SMART/ALUM/R3F sigma)",
     "adv_epsilon": "radius of the perturbation ball in --adv_p_norm",
     "adv_p_norm": "norm of the ascent normalisation and of the ball: inf | l2 | l1",
     "adv_norm_level": "norms per token or per sentence",
     "adv_dropout_replay": "adversarial forwards reuse the clean pass's dropout masks",
+    "adv_init_mag": "FreeLB: magnitude of the uniform initial perturbation",
+    "adv_replays": "FreeAT: replays (optimizer steps) per batch, m",
+    "adv_outer_steps": "YOPO: full forward/backward passes per batch, m",
+    "adv_noise_type": "R3F/R4F noise: normal | uniform",
     "bregman_mu": "weight of the Bregman proximal term (default: 1 with --adv_train, else 0 = off)",
     "bregman_beta": "EMA decay of the Bregman teacher after the warm-up",
     "bregman_beta_warmup": "EMA decay during the first --bregman_warmup fraction of updates",
@@ -173,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         if item.name in _ENUM_FIELDS:
             choices = [member.value for member in _ENUM_FIELDS[item.name]]
             parser.add_argument(flag, type=str, choices=choices, **kwargs)
-        elif isinstance(default, bool):
+        elif isinstance(default, bool) or _OPTIONAL_TYPES.get(item.name) is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif item.name in ("train_datasets", "test_datasets"):
             parser.add_argument(flag, type=_comma_list, **kwargs)
@@ -277,13 +324,11 @@ def validate(config: TrainConfig) -> None:
             raise UserError(f"--{name} must be > 0, got {value}")
     if config.bf16 and config.fp16:
         raise UserError("--bf16 and --fp16 exclude each other: pick one")
-    for name in ("adv_k", "bregman_steps"):
-        if getattr(config, name) < 1:
-            raise UserError(f"--{name} must be >= 1, got {getattr(config, name)}")
-    for name in ("adv_alpha", "adv_step_size", "adv_noise_var", "adv_epsilon", "bregman_mu"):
-        value = getattr(config, name)
-        if not (math.isfinite(value) and value >= 0):
-            raise UserError(f"--{name} must be a finite number >= 0, got {value}")
+    if config.bregman_steps < 1:
+        raise UserError(f"--bregman_steps must be >= 1, got {config.bregman_steps}")
+    if not (math.isfinite(config.bregman_mu) and config.bregman_mu >= 0):
+        raise UserError(f"--bregman_mu must be a finite number >= 0, got {config.bregman_mu}")
+    _validate_adversarial(config)
     for name in ("warmup", "dropout_p", "bregman_beta", "bregman_beta_warmup", "bregman_warmup"):
         value = getattr(config, name)
         if not 0 <= value < 1:
@@ -302,3 +347,28 @@ def validate(config: TrainConfig) -> None:
     for name in non_negative:
         if getattr(config, name) < 0:
             raise UserError(f"--{name} must be >= 0, got {getattr(config, name)}")
+
+
+def _validate_adversarial(config: TrainConfig) -> None:
+    """The method's hyper-parameters: each given one must be the method's, and its config must accept them."""
+    given = config.adversarial_parameters()
+    if config.adv_method is None:
+        if given:
+            raise UserError(f"--{_ADV_PREFIX}{next(iter(given))} needs --adv_train or --adv_method")
+        return
+    spec = METHODS[config.adv_method]
+    known = method_parameters(spec.name)
+    for name in given:
+        if name not in known:
+            flags = ", ".join(f"--{_ADV_PREFIX}{item}" for item in known)
+            raise UserError(
+                f"--{_ADV_PREFIX}{name} does not apply to --adv_method {spec.name} (it takes {flags})"
+            )
+    try:
+        spec.config(**given)
+    except ValueError as error:
+        raise UserError(f"--adv_method {spec.name}: {error}") from None
+    if config.bregman_mu and spec.owns_backward:
+        raise UserError(
+            f"--bregman_mu needs a clean forward pass; --adv_method {spec.name} runs only perturbed ones"
+        )

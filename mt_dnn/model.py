@@ -27,6 +27,7 @@ from data_utils.atomic import atomic_directory
 from data_utils.enums import TaskType
 from data_utils.errors import UserError
 from data_utils.task_def import TaskDef, parse_task_def
+from module.adversarial import spectral_normalize
 from module.heads import SANConfig, build_head
 
 CHECKPOINT_FORMAT = 1
@@ -41,15 +42,22 @@ class ModelOptions:
 
     use_encoder_pooler: bool = False
     san: SANConfig = field(default_factory=SANConfig)
+    # R4F (Aghajanyan et al. 2021): every head's linear layers spectrally normalised.
+    spectral_norm_heads: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"use_encoder_pooler": self.use_encoder_pooler, "san": asdict(self.san)}
+        return {
+            "use_encoder_pooler": self.use_encoder_pooler,
+            "san": asdict(self.san),
+            "spectral_norm_heads": self.spectral_norm_heads,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelOptions:
         return cls(
             use_encoder_pooler=bool(data.get("use_encoder_pooler", False)),
             san=SANConfig(**data.get("san", {})),
+            spectral_norm_heads=bool(data.get("spectral_norm_heads", False)),
         )
 
 
@@ -90,6 +98,9 @@ class MTDNNModel(nn.Module):
                 for name, task in self.task_defs.items()
             }
         )
+        if self.options.spectral_norm_heads:
+            for head in self.heads.values():
+                spectral_normalize(head)
 
     @classmethod
     def from_encoder(
@@ -121,6 +132,12 @@ class MTDNNModel(nn.Module):
     def perturbation_target(self) -> nn.Module:
         """The module whose output adversarial methods perturb: the encoder's word embeddings."""
         return self.encoder.get_input_embeddings()
+
+    def first_layer(self) -> nn.Module:
+        """The block that turns token ids into the encoder's input (word + position + type embeddings and
+        LayerNorm): YOPO's first layer, rerun alone for its cheap perturbation updates."""
+        embeddings = getattr(self.encoder, "embeddings", None)
+        return embeddings if isinstance(embeddings, nn.Module) else self.perturbation_target()
 
     def forward(
         self,

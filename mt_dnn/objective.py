@@ -1,11 +1,13 @@
-"""What the trainer minimises on one batch: the task loss, SMART's adversarial term and the Bregman term.
+"""What the trainer minimises on one batch: the task loss, the adversarial method's term, the Bregman term.
 
-    loss = task_weight * (task_loss + alpha_task * R_adv + mu * D(f(x; theta), f(x; theta~)))
+    loss = task_weight * (objective of the adversarial method (task loss + its term) + mu * Bregman)
 
-R_adv is ``module.adversarial.SmartPerturbation``'s regulariser on the encoder's word embeddings; D is the
-task's ``adv_loss`` divergence (symmetric KL for classification and ranking, squared error for
-regression); theta~ is ``module.bregman.BregmanProximalPoint``'s EMA teacher. Per-task YAML keys
-``adv_alpha``, ``adv_epsilon``, ``adv_step_size``, ``adv_noise_var``, ``adv_k`` override the run's flags.
+The method (``--adv_method``; ``--adv_train`` alone is SMART) comes from ``module.adversarial``'s registry
+and perturbs the encoder's word embeddings; its divergence is the task's ``adv_loss`` (symmetric KL for
+classification and ranking, squared error for regression); the Bregman term is
+``mu * D(f(x; theta), f(x; theta~))`` with ``module.bregman``'s EMA teacher. Per-task YAML keys
+``adv_alpha``, ``adv_epsilon``, ``adv_step_size``, ``adv_noise_var``, ``adv_k`` override the run's flags for
+the methods that take them.
 """
 
 from __future__ import annotations
@@ -13,53 +15,84 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any
 
 from torch import Tensor, nn
 
 from data_utils.dataset import Batch
 from data_utils.enums import TaskType
 from data_utils.task_def import TaskDef
-from module.adversarial import SmartConfig, SmartPerturbation
+from module.adversarial import (
+    METHODS,
+    AdversarialBatch,
+    AdversarialMethod,
+    Backward,
+    build_method,
+    method_parameters,
+)
 from module.bregman import BregmanConfig, BregmanProximalPoint
 from module.losses import divergence, task_loss
 from mt_dnn.config import TrainConfig
 from mt_dnn.model import MTDNNModel
 
-__all__ = ["TrainingObjective", "smart_config"]
+__all__ = ["TrainingObjective", "adversarial_replays", "method_parameters_for"]
+
+logger = logging.getLogger("mt_dnn.objective")
 
 
-def smart_config(config: TrainConfig, task_def: TaskDef) -> SmartConfig:
-    """The run's SMART flags with the task definition's overrides applied."""
-    base = SmartConfig(
-        alpha=config.adv_alpha,
-        k=config.adv_k,
-        step_size=config.adv_step_size,
-        noise_var=config.adv_noise_var,
-        epsilon=config.adv_epsilon,
-        p_norm=config.adv_p_norm,
-        norm_level=config.adv_norm_level,
-        dropout_replay=config.adv_dropout_replay,
-    )
-    overrides = {key: value for key, value in dataclasses.asdict(task_def.adv).items() if value is not None}
-    return dataclasses.replace(base, **overrides)
+def method_parameters_for(config: TrainConfig, task_def: TaskDef) -> dict[str, Any]:
+    """The run's adversarial hyper-parameters with the task definition's overrides applied (for the ones the
+    method takes; an override the method has no use for is reported and ignored)."""
+    assert config.adv_method is not None
+    known = method_parameters(config.adv_method)
+    parameters = config.adversarial_parameters()
+    for key, value in dataclasses.asdict(task_def.adv).items():
+        if value is None:
+            continue
+        if key in known:
+            parameters[key] = value
+        else:
+            logger.warning(
+                "task '%s': adv_%s does not apply to --adv_method %s; ignored",
+                task_def.name,
+                key,
+                config.adv_method,
+            )
+    return parameters
+
+
+def adversarial_replays(config: TrainConfig) -> int:
+    """Optimizer steps per batch the run's method asks for (FreeAT's m replays; 1 for the others)."""
+    if config.adv_method is None:
+        return 1
+    parameters = METHODS[config.adv_method].config(**config.adversarial_parameters())
+    return int(getattr(parameters, "replays", 1))
 
 
 class TrainingObjective:
-    """``objective(model, batch)`` -> (scalar loss, per-batch statistics as device tensors).
+    """``objective.backward_step(model, batch, backward)`` -> (loss, statistics), both detached.
 
     ``model`` is what runs the forward pass (the model itself, or its DDP wrapper); ``base_model`` is the
     unwrapped ``MTDNNModel`` whose word embeddings are perturbed and whose weights the teacher follows.
+    ``objective(model, batch)`` returns the loss with its graph instead, for methods with one backward.
     """
 
     def __init__(self, base_model: MTDNNModel, config: TrainConfig, total_steps: int) -> None:
         self.base_model = base_model
         self.task_defs = base_model.task_defs
-        self.adversaries: dict[str, SmartPerturbation] = {}
-        if config.adv_train:
+        self.methods: dict[str, AdversarialMethod] = {}
+        if config.adv_method is not None:
             target = base_model.perturbation_target()
-            self.adversaries = {
-                name: SmartPerturbation(target, smart_config(config, self.task_defs[name]))
+            first_layer = base_model.first_layer()
+            self.methods = {
+                name: build_method(
+                    config.adv_method,
+                    target,
+                    first_layer=first_layer,
+                    **method_parameters_for(config, self.task_defs[name]),
+                )
                 for name in config.train_datasets
             }
         self.bregman: BregmanProximalPoint | None = None
@@ -73,6 +106,11 @@ class TrainingObjective:
             )
             self.bregman = BregmanProximalPoint(base_model, bregman_config, total_steps)
 
+    @property
+    def replays(self) -> int:
+        """Optimizer steps per batch (FreeAT's m; 1 otherwise)."""
+        return max((method.replays for method in self.methods.values()), default=1)
+
     def __call__(
         self,
         model: nn.Module,
@@ -81,37 +119,81 @@ class TrainingObjective:
         inner_loss_scale: float | Tensor = 1.0,
         noise_salt: str | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """``noise_salt`` (e.g. the run's seed and epoch) seeds SMART's initial noise per example (its uid),
-        so the noise does not depend on the batch or the rank an example lands in."""
-        task_def = self.task_defs[batch.task]
-        candidate_mask = batch.candidate_mask if task_def.task_type is TaskType.RANKING else None
-        run = functools.partial(_forward, batch=batch)
-        output_divergence = functools.partial(divergence, task_def.adv_loss, mask=candidate_mask)
-        stats: dict[str, Tensor] = {}
+        """The loss with its graph (for one backward) and per-batch statistics (device tensors).
 
-        adversary = self.adversaries.get(batch.task)
-        if adversary is None:
-            outputs = run(model)
-            loss = task_loss(task_def.loss, outputs, batch.labels, mask=candidate_mask)
+        ``noise_salt`` (e.g. the run's seed and epoch) seeds the methods' initial noise per example (its uid),
+        so the noise does not depend on the batch or the rank an example lands in."""
+        method = self.methods.get(batch.task)
+        if method is not None and method.owns_backward:
+            raise RuntimeError(f"{method.name} runs its own backward passes: use backward_step")
+        task_def = self.task_defs[batch.task]
+        stats: dict[str, Tensor] = {}
+        if method is None:
+            outputs = _forward(model, batch=batch)
+            loss = self._task_loss(batch, outputs)
         else:
-            result = adversary(
-                lambda: run(model),
-                output_divergence,
-                batch.attention_mask,
-                inner_loss_scale=inner_loss_scale,
-                adversarial_run=lambda: run(self.base_model),
-                noise_seeds=None if noise_salt is None else example_seeds(noise_salt, batch),
-            )
-            outputs = result.outputs
-            loss = task_loss(task_def.loss, outputs, batch.labels, mask=candidate_mask) + result.loss
-            stats.update(
-                adv_loss=result.divergence, delta_ratio=result.delta_ratio, adv_skipped=result.skipped
-            )
+            step = method(self._adversarial_batch(model, batch, inner_loss_scale, noise_salt))
+            assert step.outputs is not None
+            outputs, loss = step.outputs, step.loss
+            stats.update(step.stats)
         if self.bregman is not None:
-            term = self.bregman.term(run, outputs, output_divergence)
+            run = functools.partial(_forward, batch=batch)
+            term = self.bregman.term(run, outputs, self._divergence(batch))
             loss = loss + term
             stats["bregman"] = term.detach()
         return loss * task_def.loss_weight, stats
+
+    def backward_step(
+        self,
+        model: nn.Module,
+        batch: Batch,
+        backward: Backward,
+        *,
+        replay: int = 0,
+        key: Hashable = 0,
+        inner_loss_scale: float | Tensor = 1.0,
+        noise_salt: str | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Compute the loss and run its backward pass(es) through ``backward``; returns it detached.
+
+        ``replay``/``key``: FreeAT's replay index of this micro-batch and its position in the step."""
+        method = self.methods.get(batch.task)
+        if method is None or not method.owns_backward:
+            loss, stats = self(model, batch, inner_loss_scale=inner_loss_scale, noise_salt=noise_salt)
+            backward(loss)
+            return loss.detach(), stats
+        weight = self.task_defs[batch.task].loss_weight
+        adversarial = self._adversarial_batch(model, batch, inner_loss_scale, noise_salt)
+        adversarial.backward = lambda loss: backward(loss * weight)
+        adversarial.replay, adversarial.key = replay, key
+        step = method(adversarial)
+        return step.loss * weight, step.stats
+
+    def _adversarial_batch(
+        self, model: nn.Module, batch: Batch, inner_loss_scale: float | Tensor, noise_salt: str | None
+    ) -> AdversarialBatch:
+        return AdversarialBatch(
+            run=lambda: _forward(model, batch=batch),
+            loss=functools.partial(self._task_loss, batch),
+            divergence=self._divergence(batch),
+            token_mask=batch.attention_mask,
+            # DDP: only the pass whose backward synchronises gradients goes through the wrapper.
+            perturbed_run=lambda: _forward(self.base_model, batch=batch),
+            inner_loss_scale=inner_loss_scale,
+            noise_seeds=None if noise_salt is None else example_seeds(noise_salt, batch),
+        )
+
+    def _candidate_mask(self, batch: Batch) -> Tensor | None:
+        task_type = self.task_defs[batch.task].task_type
+        return batch.candidate_mask if task_type is TaskType.RANKING else None
+
+    def _task_loss(self, batch: Batch, outputs: Tensor) -> Tensor:
+        task_def = self.task_defs[batch.task]
+        return task_loss(task_def.loss, outputs, batch.labels, mask=self._candidate_mask(batch))
+
+    def _divergence(self, batch: Batch) -> Callable[[Tensor, Tensor], Tensor]:
+        adv_loss = self.task_defs[batch.task].adv_loss
+        return functools.partial(divergence, adv_loss, mask=self._candidate_mask(batch))
 
     def after_optimizer_step(self, step: int, applied: Tensor | None = None) -> None:
         """After optimizer step ``step`` (1-based); ``applied``: bool tensor, False if it was skipped."""

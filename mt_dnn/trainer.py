@@ -35,16 +35,17 @@ from transformers import PreTrainedTokenizerBase, set_seed
 
 from data_utils.atomic import atomic_directory, atomic_write_json
 from data_utils.cache import load_split, read_manifest, split_dir
-from data_utils.dataset import Collator, MultiTaskDataset, TaskDataset
+from data_utils.dataset import Batch, Collator, MultiTaskDataset, TaskDataset
 from data_utils.errors import UserError
 from data_utils.prepro import tokenizer_fingerprint
 from data_utils.sampler import MultiTaskBatchSampler, SamplingStrategyName, make_strategy
 from data_utils.task_def import TaskDef, load_task_defs
+from module.adversarial import AdversarialMethodName
 from mt_dnn.config import TrainConfig
 from mt_dnn.distributed import Distributed
 from mt_dnn.inference import evaluate
 from mt_dnn.model import ModelOptions, MTDNNModel, is_checkpoint, load_tokenizer
-from mt_dnn.objective import TrainingObjective
+from mt_dnn.objective import TrainingObjective, adversarial_replays
 from mt_dnn.optim import build_optimizer, build_scheduler
 from mt_dnn.run_log import RunLog
 
@@ -69,6 +70,7 @@ _RESUME_KEYS = (
     "scheduler_type",
     "warmup",
     "adv_train",
+    "adv_method",
     "adv_alpha",
     "adv_k",
     "adv_step_size",
@@ -77,6 +79,10 @@ _RESUME_KEYS = (
     "adv_p_norm",
     "adv_norm_level",
     "adv_dropout_replay",
+    "adv_init_mag",
+    "adv_replays",
+    "adv_outer_steps",
+    "adv_noise_type",
     "bregman_mu",
     "bregman_beta",
     "bregman_beta_warmup",
@@ -160,9 +166,11 @@ def _check_cache_tokenizer(data_dir: str, tokenizer: PreTrainedTokenizerBase) ->
 
 def build_model(config: TrainConfig, task_defs: Mapping[str, TaskDef]) -> MTDNNModel:
     """A model on ``--init_checkpoint``; from one of our checkpoints, heads of tasks it shares carry over."""
-    model = MTDNNModel.from_encoder(
-        config.init_checkpoint, task_defs, ModelOptions(use_encoder_pooler=config.use_encoder_pooler)
+    options = ModelOptions(
+        use_encoder_pooler=config.use_encoder_pooler,
+        spectral_norm_heads=config.adv_method is AdversarialMethodName.R4F,
     )
+    model = MTDNNModel.from_encoder(config.init_checkpoint, task_defs, options)
     if is_checkpoint(config.init_checkpoint):
         source = MTDNNModel.load(config.init_checkpoint)
         for name, head in model.heads.items():
@@ -211,7 +219,9 @@ class Trainer:
             # Its own generator: creating an iterator must not draw from the global RNG (dropout's).
             generator=torch.Generator().manual_seed(config.seed),
         )
-        self.steps_per_epoch = math.ceil(len(self.sampler) / config.grad_accumulation_step)
+        # FreeAT replays every batch m times, one optimizer step each: m steps per batch in the schedule.
+        self.replays = adversarial_replays(config)
+        self.steps_per_epoch = math.ceil(len(self.sampler) / config.grad_accumulation_step) * self.replays
         self.total_steps = self.steps_per_epoch * config.epochs
         self.optimizer = build_optimizer(self.model, config, self.device)
         self.scheduler = build_scheduler(self.optimizer, config, self.total_steps)
@@ -277,42 +287,23 @@ class Trainer:
         while self.epoch < config.epochs and not stopped_early:
             self.model.train()
             self.sampler.set_epoch(self.epoch)
-            accumulated = 0
-            # Kept on the device: read once per optimizer step, together with the gradient norm.
-            losses_finite = torch.ones((), dtype=torch.bool, device=self.device)
-            for batch in self.loader:
-                batch = batch.to(self.device, non_blocking=True)
-                last_micro_batch = (
-                    accumulated + 1 == config.grad_accumulation_step
-                    or self.batches_in_epoch + 1 == len(self.sampler)
-                )
-                with self._gradient_sync(last_micro_batch):
-                    with self._autocast():
-                        loss, stats = self.objective(
-                            self.train_module,
-                            batch,
-                            inner_loss_scale=self._inner_loss_scale(),
-                            noise_salt=f"{config.seed}|{self.epoch}",
-                        )
-                    self.scaler.scale(loss / config.grad_accumulation_step).backward()
-                window.add(batch.task, loss.detach(), stats)
-                losses_finite = losses_finite & torch.isfinite(loss.detach())
-                self.batches_in_epoch += 1
-                accumulated += 1
-                if accumulated == config.grad_accumulation_step or self.batches_in_epoch == len(self.sampler):
-                    self._optimizer_step(losses_finite)
-                    accumulated = 0
-                    losses_finite = torch.ones((), dtype=torch.bool, device=self.device)
+            for group in self._step_groups():
+                steps_before = self.step
+                for replay in range(self.replays):
+                    self._train_step(group, replay, window)
                     progress.update(1)
-                    if config.log_every_steps and self.step % config.log_every_steps == 0:
-                        self._log_window(log, window)
-                    if config.eval_every_steps and self.step % config.eval_every_steps == 0:
-                        self._evaluate_and_keep_best(log)
-                    if config.save_every_steps and self.step % config.save_every_steps == 0:
-                        self._save_last()
-                    if until_step is not None and self.step >= until_step:
-                        stopped_early = True
-                        break
+                self.batches_in_epoch += len(group)
+                # Periodic work at whole groups only (FreeAT: after all replays of a batch), so a resumed
+                # run continues exactly where the interrupted one stopped.
+                if _crossed(config.log_every_steps, steps_before, self.step):
+                    self._log_window(log, window)
+                if _crossed(config.eval_every_steps, steps_before, self.step):
+                    self._evaluate_and_keep_best(log)
+                if _crossed(config.save_every_steps, steps_before, self.step):
+                    self._save_last()
+                if until_step is not None and self.step >= until_step:
+                    stopped_early = True
+                    break
             if stopped_early:
                 break
             self.epoch += 1
@@ -331,6 +322,43 @@ class Trainer:
             atomic_write_json(self.out / "results.json", results)
         log.close()
         return results
+
+    def _step_groups(self) -> Iterator[list[Batch]]:
+        """The rest of the epoch's micro-batches (on the device), grouped by optimizer step."""
+        group: list[Batch] = []
+        for batch in self.loader:
+            group.append(batch.to(self.device, non_blocking=True))
+            position = self.batches_in_epoch + len(group)
+            if len(group) == self.config.grad_accumulation_step or position == len(self.sampler):
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def _train_step(self, group: list[Batch], replay: int, window: _TrainWindow) -> None:
+        """One optimizer step: forward and backward every micro-batch of ``group``, then update."""
+        config = self.config
+        # Kept on the device: read once per optimizer step, together with the gradient norm.
+        losses_finite = torch.ones((), dtype=torch.bool, device=self.device)
+        for index, batch in enumerate(group):
+            with self._gradient_sync(index + 1 == len(group)), self._autocast():
+                loss, stats = self.objective.backward_step(
+                    self.train_module,
+                    batch,
+                    self._backward,
+                    replay=replay,
+                    key=index,
+                    inner_loss_scale=self._inner_loss_scale(),
+                    noise_salt=f"{config.seed}|{self.epoch}" + (f"|{replay}" if replay else ""),
+                )
+            window.add(batch.task, loss, stats)
+            losses_finite = losses_finite & torch.isfinite(loss)
+        self._optimizer_step(losses_finite)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """One backward pass of a micro-batch's loss: averaged over the accumulation, scaled under fp16."""
+        with torch.autocast(self.device.type, enabled=False):
+            self.scaler.scale(loss / self.config.grad_accumulation_step).backward()
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         if self.amp_dtype is None:
@@ -677,6 +705,11 @@ class _TrainWindow:
                 position += 1
         self.sums, self.counts = {}, {}
         return out
+
+
+def _crossed(every: int, before: int, after: int) -> bool:
+    """Whether a multiple of ``every`` (> 0) lies in (before, after]."""
+    return every > 0 and after // every > before // every
 
 
 def _resume_identity(config: TrainConfig) -> dict[str, Any]:

@@ -11,9 +11,9 @@ import torch
 
 from data_utils.errors import UserError
 from data_utils.task_def import parse_task_def
-from module.adversarial import NormLevel, PNorm
+from module.adversarial import METHODS, AdversarialMethodName, NormLevel, PNorm
 from mt_dnn.config import TrainConfig, parse_config
-from mt_dnn.objective import TrainingObjective, smart_config
+from mt_dnn.objective import TrainingObjective, method_parameters_for
 from mt_dnn.trainer import TEACHER_FILE, Trainer
 from tests.conftest import TASK_ENTRIES
 from tests.mt_dnn.test_trainer import config_for, state_of
@@ -26,14 +26,46 @@ def _flags(*extra: str) -> list[str]:
 
 def test_adv_flags_parse_with_the_papers_defaults() -> None:
     config = parse_config(_flags("--adv_train"))
+    assert config.adv_method is AdversarialMethodName.SMART
     assert config.adv_train and config.bregman_mu == 1.0  # the paper's SMART includes the Bregman term
-    assert (config.adv_alpha, config.adv_k, config.adv_step_size) == (1.0, 1, 1e-3)
-    assert (config.adv_noise_var, config.adv_epsilon) == (1e-5, 1e-5)
-    assert config.adv_p_norm is PNorm.INF and config.adv_norm_level is NormLevel.TOKEN
-    assert parse_config(_flags()).bregman_mu == 0.0
+    smart = build_trainer_method(config)
+    assert (smart.alpha, smart.k, smart.step_size, smart.noise_var, smart.epsilon) == (
+        1.0,
+        1,
+        1e-3,
+        1e-5,
+        1e-5,
+    )
+    assert smart.p_norm is PNorm.INF and smart.norm_level is NormLevel.TOKEN
+    assert parse_config(_flags()).bregman_mu == 0.0 and parse_config(_flags()).adv_method is None
     assert parse_config(_flags("--adv_train", "--bregman_mu", "0")).bregman_mu == 0.0
-    config = parse_config(_flags("--adv_p_norm", "l2", "--adv_norm_level", "sentence", "--adv_k", "3"))
-    assert (config.adv_p_norm, config.adv_norm_level, config.adv_k) == (PNorm.L2, NormLevel.SENTENCE, 3)
+    flags = ("--adv_train", "--adv_p_norm", "l2", "--adv_norm_level", "sentence", "--adv_k", "3")
+    smart = build_trainer_method(parse_config(_flags(*flags)))
+    assert (smart.p_norm, smart.norm_level, smart.k) == (PNorm.L2, NormLevel.SENTENCE, 3)
+
+
+@pytest.mark.parametrize("name", list(AdversarialMethodName))
+def test_adv_method_implies_adv_train_and_takes_the_methods_defaults(name: str) -> None:
+    config = parse_config(_flags("--adv_method", name))
+    assert config.adv_train and config.adv_method == name
+    assert config.bregman_mu == (1.0 if name == "smart" else 0.0)  # Bregman: SMART's, opt-in for the others
+    assert build_trainer_method(config) == METHODS[AdversarialMethodName(name)].config()
+
+
+def test_method_specific_flags_reach_the_method() -> None:
+    config = parse_config(
+        _flags("--adv_method", "freelb", "--adv_init_mag", "0.3", "--no-adv_dropout_replay")
+    )
+    freelb = build_trainer_method(config)
+    assert freelb.init_mag == 0.3 and freelb.dropout_replay is False and freelb.k == 2
+    config = parse_config(_flags("--adv_method", "r3f", "--adv_noise_type", "uniform"))
+    assert build_trainer_method(config).noise_type == "uniform"
+
+
+def build_trainer_method(config: TrainConfig) -> Any:
+    """The method config a run would build (no task overrides)."""
+    assert config.adv_method is not None
+    return METHODS[config.adv_method].config(**config.adversarial_parameters())
 
 
 def test_adv_options_from_a_config_file(tmp_path: Path) -> None:
@@ -46,8 +78,14 @@ def test_adv_options_from_a_config_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--adv_k", "0"], "--adv_k must be >= 1"),
-        (["--adv_epsilon", "-1"], "--adv_epsilon must be a finite number >= 0"),
+        (["--adv_train", "--adv_k", "0"], "--adv_method smart: SMART needs at least one inner step"),
+        (
+            ["--adv_train", "--adv_epsilon", "-1"],
+            "--adv_method smart: SMART epsilon must be a finite number >= 0",
+        ),
+        (["--adv_epsilon", "1e-3"], "--adv_epsilon needs --adv_train or --adv_method"),
+        (["--adv_method", "fgm", "--adv_k", "2"], "--adv_k does not apply to --adv_method fgm"),
+        (["--adv_method", "freelb", "--bregman_mu", "1"], "--bregman_mu needs a clean forward pass"),
         (["--bregman_beta", "1.0"], r"--bregman_beta must be in \[0, 1\)"),
     ],
 )
@@ -59,8 +97,10 @@ def test_bad_adv_flags_name_the_flag(flags: list[str], message: str) -> None:
 def test_task_yaml_overrides_the_run_flags() -> None:
     task_def = parse_task_def("pair", {**TASK_ENTRIES["pair"], "adv_alpha": 5.0, "adv_k": 2})
     config = TrainConfig(adv_train=True, adv_alpha=1.0, adv_epsilon=3e-5)
-    smart = smart_config(config, task_def)
-    assert (smart.alpha, smart.k, smart.epsilon) == (5.0, 2, 3e-5)
+    assert method_parameters_for(config, task_def) == {"alpha": 5.0, "k": 2, "epsilon": 3e-5}
+    # A method without K keeps the override it can use and ignores the other.
+    fgm = TrainConfig(adv_method="fgm")
+    assert method_parameters_for(fgm, task_def) == {"alpha": 5.0}
 
 
 def _first_batch(trainer: Trainer, task: str) -> Any:
@@ -112,7 +152,7 @@ def test_adv_train_logs_the_adversarial_statistics_and_saves_the_teacher(
 
 def test_plain_training_has_no_adversary_and_no_teacher(tiny_run: dict, tmp_path: Path) -> None:
     objective = TrainingObjective(Trainer(config_for(tiny_run, tmp_path)).model, TrainConfig(), 10)
-    assert not objective.adversaries and objective.bregman is None and objective.state_dict() == {}
+    assert not objective.methods and objective.bregman is None and objective.state_dict() == {}
 
 
 def test_resumed_smart_run_equals_the_uninterrupted_one(tiny_run: dict, tmp_path: Path) -> None:
