@@ -7,12 +7,14 @@ the global batch, so no rank pads its last batch by wrapping around.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from mt_dnn.config import TrainConfig
 from mt_dnn.distributed import Distributed, free_port, local_rank_environment, setup, teardown
@@ -42,11 +44,26 @@ def _rank_main(
     context = setup("cpu")
     try:
         trainer = Trainer(TrainConfig(**config), context)
+        # Count DDP's gradient all-reduces (one call per bucket per synchronised backward).
+        counter = {"calls": 0}
+        trainer.train_module.register_comm_hook(counter, _counting_allreduce)
         trainer.train(until_step=until_step)
         state = {key: value.detach().clone() for key, value in trainer.model.state_dict().items()}
         torch.save(state, Path(out) / f"rank{rank}_state.pt")
+        counts = {"allreduce_calls": counter["calls"], "steps": trainer.step}
+        (Path(out) / f"rank{rank}_counts.json").write_text(json.dumps(counts))
     finally:
         teardown(context)
+
+
+def _counting_allreduce(state, bucket):  # type: ignore[no-untyped-def] - DDP rejects other annotations
+    state["calls"] += 1
+    return default_hooks.allreduce_hook(None, bucket)
+
+
+def all_reduces_per_step(out: Path) -> float:
+    counts = json.loads((out / "rank0_counts.json").read_text())
+    return counts["allreduce_calls"] / counts["steps"]
 
 
 def run_on_ranks(
@@ -117,6 +134,32 @@ def test_smart_with_bregman_on_two_ranks_equals_one_process(
     _assert_same_weights(rank0, rank1, atol=0.0)
     _assert_same_weights(single.model.state_dict(), rank0, atol=2e-5)
     assert (tmp_path / "two" / "last" / "bregman_teacher.safetensors").is_file()
+
+
+def test_freelb_on_two_ranks_equals_one_process_with_one_all_reduce_per_step(
+    deterministic_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """FreeLB's K backwards per micro-batch (and accumulation over 2 micro-batches) all-reduce once per
+    optimizer step, like plain training; with its initial noise seeded per example, 2 ranks = 1 process."""
+    freelb = {"adv_method": "freelb", "adv_k": 3, "adv_init_mag": 0.05, "grad_accumulation_step": 2}
+    single = Trainer(
+        TrainConfig(**{**deterministic_run, **freelb, "batch_size": 4, "output_dir": str(tmp_path / "one")})
+    )
+    single.train()
+    config = {**deterministic_run, **freelb, "output_dir": str(tmp_path / "two"), "batch_size": 2}
+    rank0, rank1 = run_on_ranks(2, config, tmp_path / "states")
+    _assert_same_weights(rank0, rank1, atol=0.0)
+    _assert_same_weights(single.model.state_dict(), rank0, atol=2e-5)
+
+    plain = {
+        **deterministic_run,
+        "output_dir": str(tmp_path / "plain"),
+        "batch_size": 2,
+        "grad_accumulation_step": 2,
+    }
+    run_on_ranks(2, plain, tmp_path / "plain_states")
+    buckets = all_reduces_per_step(tmp_path / "plain_states")
+    assert buckets >= 1 and all_reduces_per_step(tmp_path / "states") == buckets
 
 
 def test_a_resumed_two_rank_run_equals_the_uninterrupted_one(
