@@ -164,8 +164,10 @@ class AdversarialTrainerMixin(_TrainerBase):
         self.adversarial_stats: dict[str, Tensor] = {}
         self._adv_task_loss = adv_task_loss
         self._adv_divergence = None if adv_divergence is None else resolve_divergence(adv_divergence)
-        # Our losses are per-batch means: the Trainer divides them by the accumulation steps.
+        # Our losses are per-batch means: the Trainer divides them by the accumulation steps (the first
+        # flag is transformers 5's, the second makes 4.x do the same).
         self.loss_is_scaled_for_ga = False
+        self.model_accepts_loss_kwargs = False
 
     # ------------------------------------------------------------------ single-backward methods
     def compute_loss(
@@ -203,7 +205,7 @@ class AdversarialTrainerMixin(_TrainerBase):
         inputs = self._prepare_inputs(inputs)
         if inputs.get("labels") is None:
             raise ValueError(f"{method.name} needs labels in the training batch")
-        steps = self.current_gradient_accumulation_steps
+        steps = self._accumulation_steps()
         step = method.train_step(self._adversarial_batch(model, inputs, autocast=True))
         self._record(step)
         return step.loss.detach() / steps
@@ -215,7 +217,12 @@ class AdversarialTrainerMixin(_TrainerBase):
         kwargs: dict[str, Any] = {}
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             kwargs["scale_wrt_gas"] = False
-        self.accelerator.backward(loss / self.current_gradient_accumulation_steps, **kwargs)
+        self.accelerator.backward(loss / self._accumulation_steps(), **kwargs)
+
+    def _accumulation_steps(self) -> int:
+        """Micro-batches in this optimizer step (the last step of an epoch may have fewer)."""
+        default = self.args.gradient_accumulation_steps
+        return int(getattr(self, "current_gradient_accumulation_steps", default))
 
     # ------------------------------------------------------------------ the batch
     def _adversarial_batch(
