@@ -155,6 +155,11 @@ class AdversarialTrainerMixin(_TrainerBase):
             **dict(adv_params or {}),
         )
         _check_fits_trainer(method, self.args.optim)
+        if adv_task_loss is None and (self.compute_loss_func is not None or self.label_smoother is not None):
+            raise ValueError(
+                "the adversarial objective computes its own task loss: pass adv_task_loss to use "
+                "compute_loss_func or label smoothing in it"
+            )
         if name is AdversarialMethodName.R4F:
             head = adv_head if adv_head is not None else default_head(model)
             if head is None:

@@ -206,3 +206,14 @@ def test_evaluation_is_plain(tmp_path: Path) -> None:
     adversarial = AdversarialTrainer(model=model, adv_method="pgd", **common).evaluate()
     plain = Trainer(model=model, **common).evaluate()
     assert adversarial["eval_loss"] == pytest.approx(plain["eval_loss"], rel=1e-6)
+
+
+def test_a_custom_trainer_loss_is_not_silently_dropped(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="adv_task_loss"):
+        AdversarialTrainer(
+            model=tiny_bert(),
+            args=arguments(tmp_path),
+            train_dataset=dataset(),
+            compute_loss_func=lambda outputs, labels, num_items_in_batch=None: outputs.logits.sum(),
+            adv_method="fgm",
+        )
