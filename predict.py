@@ -9,7 +9,8 @@ with the checkpoint's tokenizer) or a split folder of the token-id cache (``prep
 predictions go to ``--output`` (default: ``<input name>.<task>.predictions.jsonl`` beside the input), one JSON
 object per row in input order. When the rows carry labels the task's metrics are printed and written beside
 the predictions as ``<output without .jsonl>.metrics.json``. ``--submission`` also writes GLUE's
-``index<TAB>prediction`` TSV.
+``index<TAB>prediction`` TSV. A ``mask_lm`` task masks its rows as evaluation does (a fixed salt), prints
+masked-token accuracy and perplexity, and writes each row's predicted and original masked token ids.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from transformers.utils import logging as hf_logging
 from data_utils.atomic import atomic_write_text
 from data_utils.cache import EncodedSplit, load_split
 from data_utils.dataset import Collator, TaskDataset
+from data_utils.enums import TaskType
 from data_utils.errors import UserError, exit_on_user_error
+from data_utils.masking import MaskingSpec
 from data_utils.prepro import encode_examples, tokenizer_fingerprint
 from data_utils.readers import read_examples
 from data_utils.task_def import TaskDef, parse_task_def
@@ -88,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     input_path = Path(args.input)
     if not input_path.exists():
         raise UserError(f"{input_path}: no such file or directory")
+    if args.submission and task_def.task_type is TaskType.MASK_LM:
+        raise UserError(f"--submission: task '{task_def.name}' is mask_lm (GLUE submissions need labels)")
     device = _device(args.device)
     autocast_dtype = _PRECISIONS[args.precision]
 
@@ -103,8 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     dataset = TaskDataset(task_def, split)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     collator = Collator({task_def.name: task_def}, pad_token_id=pad_id)
+    masking = MaskingSpec.from_tokenizer(tokenizer) if task_def.task_type is TaskType.MASK_LM else None
     result = evaluate(
-        model, dataset, collator, batch_size=args.batch_size, device=device, autocast_dtype=autocast_dtype
+        model,
+        dataset,
+        collator,
+        batch_size=args.batch_size,
+        device=device,
+        autocast_dtype=autocast_dtype,
+        masking=masking,
     )
     predictions = result.predictions
     if np.isnan(predictions.scores).any():

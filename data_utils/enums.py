@@ -15,6 +15,8 @@ class TaskType(StrEnum):
     CLASSIFICATION = "classification"
     REGRESSION = "regression"
     RANKING = "ranking"
+    # Masked language modelling on raw text (continued pre-training); mt-dnn's spelling MaskLM parses too.
+    MASK_LM = "mask_lm"
 
 
 class DataFormat(StrEnum):

@@ -9,6 +9,11 @@ Inputs per task type (``scores`` and ``labels`` have the same length N, N >= 1):
   ``auc`` uses softmax probabilities (rows that are already non-negative and sum to 1 are taken as they are):
   binary AUC scores by P(class 1), multi-class AUC is one-vs-rest, macro-averaged.
 - regression: ``scores`` [N] or [N, 1], ``labels`` [N] real values.
+- mask_lm: one entry per masked token, M of them: ``scores`` [M, 2] holds the model's predicted token id
+  (column 0) and the log-probability it gives the gold token (column 1, <= 0); ``labels`` [M] the gold
+  token ids. A summary rather than the [M, V] logits, which would not fit in memory for a real vocabulary.
+  ``mlm_acc`` is the share of masked tokens predicted right; ``perplexity`` is exp(mean cross-entropy over
+  the masked tokens), not on the 0-100 scale, and lower is better.
 - ranking: ``scores`` [N, K] candidate scores, ``-inf`` in the padding slots of questions with fewer than K
   candidates; ``labels`` [N] index of the right candidate. ``acc`` is top-1 accuracy. ``mrr`` is the mean of
   1/rank of the right candidate, where ties are broken by stable order: a candidate with an equal score and a
@@ -49,6 +54,8 @@ class Metric(StrEnum):
     F1_MACRO = "f1_macro"
     F1_MICRO = "f1_micro"
     MRR = "mrr"
+    MLM_ACC = "mlm_acc"
+    PERPLEXITY = "perplexity"
 
 
 # mt-dnn's ``metric_meta`` spellings, lower-cased (the others match our values case-insensitively).
@@ -163,9 +170,18 @@ def _mrr(scores: np.ndarray, labels: np.ndarray) -> float:
     return 100.0 * float(np.mean(1.0 / ranks))
 
 
+def _mlm_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    return 100.0 * float(np.mean(scores[:, 0].astype(np.int64) == labels))
+
+
+def _perplexity(scores: np.ndarray, labels: np.ndarray) -> float:
+    return math.exp(-float(np.mean(scores[:, 1])))
+
+
 _C = TaskType.CLASSIFICATION
 _R = TaskType.REGRESSION
 _K = TaskType.RANKING
+_M = TaskType.MASK_LM
 
 METRICS: dict[Metric, MetricSpec] = {
     Metric.ACC: MetricSpec(_accuracy, frozenset({_C, _K}), higher_is_better=True),
@@ -177,6 +193,8 @@ METRICS: dict[Metric, MetricSpec] = {
     Metric.F1_MACRO: MetricSpec(_averaged_f1("macro"), frozenset({_C}), higher_is_better=True),
     Metric.F1_MICRO: MetricSpec(_averaged_f1("micro"), frozenset({_C}), higher_is_better=True),
     Metric.MRR: MetricSpec(_mrr, frozenset({_K}), higher_is_better=True),
+    Metric.MLM_ACC: MetricSpec(_mlm_accuracy, frozenset({_M}), higher_is_better=True),
+    Metric.PERPLEXITY: MetricSpec(_perplexity, frozenset({_M}), higher_is_better=False),
 }
 
 
@@ -200,6 +218,17 @@ def _validate_scores(task_type: TaskType, scores: np.ndarray) -> np.ndarray:
         )
     if np.isnan(scores).any():
         raise ValueError("scores contain NaN (did the model diverge?)")
+    if task_type == TaskType.MASK_LM:
+        if scores.ndim != 2 or scores.shape[1] != 2:
+            raise ValueError(
+                f"mask_lm scores must be shaped [M, 2] (predicted id, gold log-prob), got {scores.shape}"
+            )
+        ids = scores[:, 0]
+        if not np.isfinite(ids).all() or (ids < 0).any() or (ids != np.round(ids)).any():
+            raise ValueError("mask_lm scores: column 0 must hold predicted token ids")
+        if (scores[:, 1] > 0).any() or np.isposinf(scores[:, 1]).any():
+            raise ValueError("mask_lm scores: column 1 must hold log-probabilities (<= 0)")
+        return scores
     if task_type == TaskType.REGRESSION:
         if scores.ndim == 2 and scores.shape[1] == 1:
             scores = scores[:, 0]
@@ -232,6 +261,10 @@ def _validate_labels(task_type: TaskType, labels: np.ndarray, scores: np.ndarray
     if not np.isfinite(as_float).all() or (as_float != np.round(as_float)).any():
         raise ValueError(f"{task_type.value} labels must be integer indices")
     labels = as_float.astype(np.int64)
+    if task_type == TaskType.MASK_LM:
+        if labels.min() < 0:
+            raise ValueError(f"mask_lm labels must be token ids >= 0, got {labels.min()}")
+        return labels
     width = scores.shape[1]
     if labels.min() < 0 or labels.max() >= width:
         raise ValueError(
@@ -246,11 +279,14 @@ def _validate_labels(task_type: TaskType, labels: np.ndarray, scores: np.ndarray
 
 
 def predictions_from_scores(task_type: TaskType, scores: np.ndarray) -> np.ndarray:
-    """Argmax indices (int64) for classification and ranking; the flat score [N] for regression."""
+    """Argmax indices (int64) for classification and ranking; the flat score [N] for regression; the
+    predicted token ids [M] for mask_lm."""
     task_type = TaskType(task_type)
     scores = _validate_scores(task_type, scores)
     if task_type == TaskType.REGRESSION:
         return scores
+    if task_type == TaskType.MASK_LM:
+        return scores[:, 0].astype(np.int64)
     return _argmax(scores)
 
 

@@ -11,7 +11,8 @@ Two formats, chosen by the file's suffix:
 Labels become class indices (through ``TaskDef.labels`` when the task names its labels: a name wins over an
 index that reads the same), floats for regression, or the index of the right candidate for ranking. A split
 is either all labelled or all unlabelled (label absent/null in JSONL, an empty column in TSV): unlabelled
-rows get ``label=None``. Blank lines are ignored.
+rows get ``label=None``. Blank lines are ignored. A ``mask_lm`` task reads raw text: its rows' labels are
+ignored (they get ``label=None``; the targets are the text's own tokens).
 
 Every problem is a ``UserError`` naming ``file:line``, the field and the problem. With ``skip_bad_rows``
 row-level problems are skipped instead and their messages returned in ``ReadResult.skipped``, for the caller
@@ -78,6 +79,7 @@ def read_examples(path: str | Path, task_def: TaskDef, *, skip_bad_rows: bool = 
         raise UserError(f"{path}: no such file")
     parse_row = _jsonl_row_parser(task_def.data_format) if suffix == ".jsonl" else _tsv_row_parser(task_def)
     parse_label = _label_parser(task_def)
+    ignore_labels = task_def.task_type is TaskType.MASK_LM
 
     examples: list[Example] = []
     skipped: list[str] = []
@@ -95,6 +97,8 @@ def read_examples(path: str | Path, task_def: TaskDef, *, skip_bad_rows: bool = 
                 continue
             try:
                 uid, raw_label, premise, hypothesis = parse_row(raw)
+                if ignore_labels:
+                    raw_label = None
                 labelled = raw_label is not None
                 if has_labels is not None and labelled != has_labels:
                     state = "labelled" if has_labels else "unlabelled"

@@ -39,24 +39,30 @@ DEFAULT_METRICS: dict[TaskType, tuple[Metric, ...]] = {
     TaskType.CLASSIFICATION: (Metric.ACC,),
     TaskType.REGRESSION: (Metric.PEARSON, Metric.SPEARMAN),
     TaskType.RANKING: (Metric.ACC, Metric.MRR),
+    TaskType.MASK_LM: (Metric.MLM_ACC, Metric.PERPLEXITY),
 }
 # The task loss each task type allows; the first is the default.
 TASK_LOSSES: dict[TaskType, tuple[LossName, ...]] = {
     TaskType.CLASSIFICATION: (LossName.CROSS_ENTROPY,),
     TaskType.REGRESSION: (LossName.MSE,),
     TaskType.RANKING: (LossName.RANK_CROSS_ENTROPY,),
+    TaskType.MASK_LM: (LossName.CROSS_ENTROPY,),
 }
 # Divergences between two model outputs (adversarial and distillation terms); the first is the default.
 OUTPUT_DIVERGENCES: dict[TaskType, tuple[LossName, ...]] = {
     TaskType.CLASSIFICATION: (LossName.SYM_KL, LossName.KL, LossName.JS, LossName.MSE),
     TaskType.REGRESSION: (LossName.MSE,),
     TaskType.RANKING: (LossName.SYM_KL, LossName.KL, LossName.JS, LossName.MSE),
+    # ALUM's pre-training divergence is KL over the vocabulary (Liu et al. 2020).
+    TaskType.MASK_LM: (LossName.KL, LossName.SYM_KL, LossName.JS),
 }
 FORMATS_FOR_TASK: dict[TaskType, tuple[DataFormat, ...]] = {
     TaskType.CLASSIFICATION: (DataFormat.PREMISE_ONLY, DataFormat.PREMISE_AND_ONE_HYPOTHESIS),
     TaskType.REGRESSION: (DataFormat.PREMISE_ONLY, DataFormat.PREMISE_AND_ONE_HYPOTHESIS),
     TaskType.RANKING: (DataFormat.PREMISE_AND_MULTI_HYPOTHESIS,),
+    TaskType.MASK_LM: (DataFormat.PREMISE_ONLY,),
 }
+DEFAULT_MASK_PROBABILITY = 0.15
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,9 @@ class TaskDef:
     split_names: tuple[str, ...] = DEFAULT_SPLITS
     loss_weight: float = 1.0
     adv: AdvOverrides = field(default_factory=AdvOverrides)
+    # mask_lm only: the share of tokens chosen for prediction (BERT's 15%, of which 80/10/10 are replaced by
+    # [MASK] / a random token / kept). A mask_lm task's ``n_class`` is 0: the encoder's vocabulary decides it.
+    mask_probability: float = DEFAULT_MASK_PROBABILITY
 
     @property
     def train_split(self) -> str:
@@ -113,7 +122,6 @@ class TaskDef:
         out: dict[str, Any] = {
             "task_type": self.task_type.value,
             "data_format": self.data_format.value,
-            "n_class": self.n_class,
             "metrics": [metric.value for metric in self.metrics],
             "loss": self.loss.value,
             "adv_loss": self.adv_loss.value,
@@ -123,6 +131,10 @@ class TaskDef:
             "split_names": list(self.split_names),
             "loss_weight": self.loss_weight,
         }
+        if self.task_type is TaskType.MASK_LM:
+            out["mask_probability"] = self.mask_probability
+        else:
+            out["n_class"] = self.n_class
         if self.labels is not None:
             out["labels"] = list(self.labels)
         for adv_field in fields(AdvOverrides):
@@ -168,6 +180,7 @@ _KNOWN_KEYS = {
     "adv_noise_var",
     "adv_k",
     "encoder_type",
+    "mask_probability",
 }
 _REQUIRED_KEYS = ("task_type", "data_format")
 
@@ -231,6 +244,7 @@ def parse_task_def(
     dropout_p = _number(raw, "dropout_p", ctx, default=default_dropout_p, low=0.0, high=1.0, high_open=True)
     split_names = _split_names(raw, ctx)
     loss_weight = _number(raw, "loss_weight", ctx, default=1.0, low=0.0, low_open=True)
+    mask_probability = _mask_probability(raw, task_type, ctx)
     adv = AdvOverrides(
         alpha=_optional_number(raw, "adv_alpha", ctx),
         epsilon=_optional_number(raw, "adv_epsilon", ctx),
@@ -253,6 +267,17 @@ def parse_task_def(
         split_names=split_names,
         loss_weight=loss_weight,
         adv=adv,
+        mask_probability=mask_probability,
+    )
+
+
+def _mask_probability(raw: Mapping[str, object], task_type: TaskType, ctx: _Context) -> float:
+    if task_type is not TaskType.MASK_LM:
+        if raw.get("mask_probability") is not None:
+            raise ctx.error("mask_probability", f"applies to mask_lm tasks only, not to a {task_type} task")
+        return DEFAULT_MASK_PROBABILITY
+    return _number(
+        raw, "mask_probability", ctx, default=DEFAULT_MASK_PROBABILITY, low=0.0, high=1.0, low_open=True
     )
 
 
@@ -304,6 +329,12 @@ def _n_class(
     raw: Mapping[str, object], task_type: TaskType, labels: tuple[str, ...] | None, ctx: _Context
 ) -> int:
     given = raw.get("n_class")
+    if task_type is TaskType.MASK_LM:
+        # The targets are the text's own tokens: the encoder's vocabulary is the class set.
+        for key in ("labels", "n_class"):
+            if raw.get(key) is not None:
+                raise ctx.error(key, "a mask_lm task predicts the encoder's vocabulary; remove it")
+        return 0
     if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given < 1):
         raise ctx.error("n_class", f"expected a positive integer, got {given!r}")
     if task_type is TaskType.CLASSIFICATION:

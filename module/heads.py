@@ -8,7 +8,9 @@ Outputs, by task type and head:
 * classification, SAN: ``[N, n_class]`` log-probabilities (:class:`~module.san.SANClassifier`; a loss that
   applies ``log_softmax`` treats them exactly like logits);
 * regression: ``[N, 1]`` (:class:`PooledHead` with ``n_out=1``; the caller squeezes);
-* ranking: ``[B, K]`` scores, one per candidate (:class:`RankingHead`).
+* ranking: ``[B, K]`` scores, one per candidate (:class:`RankingHead`);
+* mask_lm: ``[M, V]`` vocabulary logits at the ``M`` masked positions only (:class:`MaskedLMHead`; it also
+  takes ``positions`` [N, L] bool and the tied ``decoder_weight`` [V, H], both keywords).
 
 Linear layers are initialised BERT-style (weights ~ N(0, 0.02^2), biases zero: :func:`init_linear_weights`).
 Heads know nothing about the encoder or about MT-DNN.
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data_utils.enums import HeadType, TaskType
@@ -25,6 +29,7 @@ from module.san import SANClassifier, SANConfig, init_linear_weights
 
 __all__ = [
     "HEAD_BUILDERS",
+    "MaskedLMHead",
     "PooledHead",
     "RankingHead",
     "SANClassifier",
@@ -96,6 +101,52 @@ class RankingHead(nn.Module):
         return scores.view(n_seq // n_candidates, n_candidates)
 
 
+class MaskedLMHead(nn.Module):
+    """BERT's masked-LM head with the decoder tied to the encoder's input word embeddings.
+
+    transform (Linear(H, H) -> GELU -> LayerNorm) -> ``hidden @ decoder_weight.T + bias``, computed only at
+    the masked positions: ``[M, V]``, never ``[N, L, V]``. The head owns no ``[V, H]`` matrix: the caller
+    passes the word-embedding weight as ``decoder_weight`` (tying), so gradients reach the embeddings and
+    the checkpoint stores the matrix once. Parameter names follow BERT's ``cls.predictions``
+    (``transform.dense``, ``transform.LayerNorm``, ``bias``), so pretrained weights map one to one.
+    """
+
+    def __init__(self, hidden_size: int, vocab_size: int, layer_norm_eps: float = 1e-12) -> None:
+        super().__init__()
+        if vocab_size < 1:
+            raise ValueError(f"a masked-LM head needs a vocabulary, got vocab_size={vocab_size}")
+        self.vocab_size = vocab_size
+        self.transform = nn.Sequential()
+        self.transform.add_module("dense", nn.Linear(hidden_size, hidden_size))
+        self.transform.add_module("act", nn.GELU())
+        self.transform.add_module("LayerNorm", nn.LayerNorm(hidden_size, eps=layer_norm_eps))
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+        self.apply(init_linear_weights)
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        attention_mask: Tensor,
+        token_type_ids: Tensor | None,
+        pooled_output: Tensor | None = None,
+        *,
+        positions: Tensor,
+        decoder_weight: Tensor,
+    ) -> Tensor:
+        if positions.dtype != torch.bool or positions.shape != hidden_states.shape[:2]:
+            raise ValueError(
+                f"positions must be a bool mask shaped {tuple(hidden_states.shape[:2])}, "
+                f"got {positions.dtype} {tuple(positions.shape)}"
+            )
+        if decoder_weight.shape != (self.vocab_size, hidden_states.shape[-1]):
+            raise ValueError(
+                f"decoder_weight must be [{self.vocab_size}, {hidden_states.shape[-1]}], "
+                f"got {tuple(decoder_weight.shape)}"
+            )
+        selected = self.transform(hidden_states[positions])
+        return F.linear(selected, decoder_weight, self.bias)
+
+
 HeadBuilder = Callable[[int, int, float, bool, SANConfig | None], nn.Module]
 
 
@@ -130,12 +181,20 @@ def _ranking_linear(
     return RankingHead(hidden_size, dropout_p, use_encoder_pooler=use_encoder_pooler)
 
 
+def _mask_lm(
+    hidden_size: int, n_class: int, dropout_p: float, use_encoder_pooler: bool, san_config: SANConfig | None
+) -> nn.Module:
+    return MaskedLMHead(hidden_size, n_class)
+
+
 # The one registry of heads: every supported (task type, head type) pair, declared once.
 HEAD_BUILDERS: dict[tuple[TaskType, HeadType], HeadBuilder] = {
     (TaskType.CLASSIFICATION, HeadType.LINEAR): _classification_linear,
     (TaskType.CLASSIFICATION, HeadType.SAN): _classification_san,
     (TaskType.REGRESSION, HeadType.LINEAR): _regression_linear,
     (TaskType.RANKING, HeadType.LINEAR): _ranking_linear,
+    # n_class: the vocabulary size (the model passes its word embeddings' row count).
+    (TaskType.MASK_LM, HeadType.LINEAR): _mask_lm,
 }
 
 
@@ -148,7 +207,8 @@ def build_head(
     use_encoder_pooler: bool = False,
     san_config: SANConfig | None = None,
 ) -> nn.Module:
-    """Build the head for one task. ``n_class`` must be 1 for regression and ranking.
+    """Build the head for one task. ``n_class`` must be 1 for regression and ranking, the vocabulary size
+    for mask_lm.
 
     ``san_config`` is used by SAN heads only (``None``: :class:`SANConfig` defaults) and ignored otherwise;
     ``use_encoder_pooler`` applies to the linear heads (a SAN reads the token states, not the pooler).

@@ -7,7 +7,11 @@ little) and puts the scores back in input order. Scores, by task type:
   log-probabilities; their softmax is the same distribution);
 - regression: ``[N]`` scores;
 - ranking: ``[N, K]`` candidate scores (``K`` the most candidates of any row), ``-inf`` in the padding slots
-  of rows with fewer candidates.
+  of rows with fewer candidates;
+- mask_lm: ``[M, 2]`` for the ``M`` masked tokens of the split, row by row in input order (``n_masked`` per
+  row): the predicted token id and the log-probability of the gold token (``data_utils.metrics``); the
+  labels are the gold token ids. Rows are masked as in training but with a fixed salt, so the same split
+  always gets the same masks and dev metrics are deterministic.
 
 With ``world_size > 1`` every rank predicts its share of the batches (``EvalBatchSampler``) and the shares
 are exchanged with ``torch.distributed.all_gather_object``, so every rank returns the whole split.
@@ -30,9 +34,11 @@ from torch import nn
 from data_utils.atomic import atomic_write_text
 from data_utils.dataset import Batch, Collator, TaskDataset
 from data_utils.enums import TaskType
+from data_utils.masking import MaskingSpec
 from data_utils.metrics import Metric, compute_metrics, predictions_from_scores
 from data_utils.sampler import EvalBatchSampler
 from data_utils.task_def import TaskDef
+from mt_dnn.objective import MASK_SALT, mask_batch
 
 __all__ = [
     "EvalResult",
@@ -52,6 +58,8 @@ class Predictions:
 
     ``labels``: gold class / candidate indices (int64) or scores (float32), ``None`` when unlabelled.
     ``n_candidates``: the real candidates of each ranking row (int64 ``[N]``); ``None`` for other tasks.
+    ``n_masked``: the masked tokens of each mask_lm row (int64 ``[N]``; ``scores`` and ``labels`` hold its
+    tokens row by row); ``None`` for other tasks.
     """
 
     task: str
@@ -59,6 +67,7 @@ class Predictions:
     scores: np.ndarray
     labels: np.ndarray | None
     n_candidates: np.ndarray | None = None
+    n_masked: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -81,6 +90,7 @@ class _BatchOutput:
     scores: np.ndarray
     labels: np.ndarray | None
     n_candidates: np.ndarray | None
+    n_masked: np.ndarray | None = None
 
 
 def predict(
@@ -93,14 +103,18 @@ def predict(
     autocast_dtype: torch.dtype | None = None,
     rank: int = 0,
     world_size: int = 1,
+    masking: MaskingSpec | None = None,
 ) -> Predictions:
     """Score every row of ``dataset`` with ``model`` (already on ``device``) and return them in input order.
 
     Runs in eval mode under ``torch.inference_mode``; the train/eval mode of every submodule is restored
     afterwards. ``autocast_dtype`` (``torch.bfloat16`` / ``torch.float16``) runs the forward under autocast;
-    scores are always float32. One device-to-host copy per batch.
+    scores are always float32. One device-to-host copy per batch. ``masking`` (the tokenizer's mask token,
+    specials and vocabulary) is required for a mask_lm task.
     """
     device = torch.device(device)
+    if dataset.task_def.task_type is TaskType.MASK_LM and masking is None:
+        raise ValueError(f"task '{dataset.task_def.name}' is mask_lm: predict needs masking=MaskingSpec")
     if world_size > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         raise ValueError(f"world_size={world_size} needs an initialised torch.distributed process group")
     sampler = EvalBatchSampler(
@@ -114,7 +128,9 @@ def predict(
         with torch.inference_mode():
             for indices in sampler.batches:
                 batch = collator([dataset[int(i)] for i in indices])
-                outputs.append(_predict_batch(model, task_def, batch, indices, device, autocast_dtype))
+                outputs.append(
+                    _predict_batch(model, task_def, batch, indices, device, autocast_dtype, masking)
+                )
     finally:
         for module, training in modes:
             module.training = training
@@ -132,6 +148,7 @@ def _predict_batch(
     indices: np.ndarray,
     device: torch.device,
     autocast_dtype: torch.dtype | None,
+    masking: MaskingSpec | None = None,
 ) -> _BatchOutput:
     labels = None if batch.labels is None else batch.labels.numpy()
     n_candidates = None
@@ -142,6 +159,9 @@ def _predict_batch(
         if autocast_dtype is not None
         else contextlib.nullcontext()
     )
+    if task_def.task_type is TaskType.MASK_LM:
+        assert masking is not None
+        return _predict_masked(model, task_def, on_device, indices, masking, autocast)
     with autocast:
         output = model(
             batch.task,
@@ -166,9 +186,76 @@ def _predict_batch(
     )
 
 
+def _predict_masked(
+    model: nn.Module,
+    task_def: TaskDef,
+    batch: Batch,
+    indices: np.ndarray,
+    masking: MaskingSpec,
+    autocast: contextlib.AbstractContextManager[object],
+) -> _BatchOutput:
+    """A mask_lm batch: mask it (fixed salt), then keep per masked token the argmax and the gold log-prob."""
+    inputs = mask_batch(batch, masking, task_def.mask_probability, MASK_SALT)
+    assert inputs.positions is not None and inputs.targets is not None
+    with autocast:
+        logits = model(
+            batch.task,
+            inputs.batch.input_ids,
+            batch.attention_mask,
+            batch.token_type_ids,
+            positions=inputs.positions,
+        )
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    gold = log_probs.gather(1, inputs.targets[:, None])[:, 0]
+    summary = torch.stack([log_probs.argmax(dim=-1).float(), gold], dim=1)
+    counts = inputs.positions.sum(dim=1)
+    host = torch.cat([summary.flatten(), inputs.targets.float(), counts.float()]).cpu().numpy()
+    n_tokens = summary.shape[0]
+    return _BatchOutput(
+        indices=np.asarray(indices, dtype=np.int64),
+        uids=list(batch.uids),
+        scores=host[: 2 * n_tokens].reshape(n_tokens, 2),
+        labels=host[2 * n_tokens : 3 * n_tokens].astype(np.int64),
+        n_candidates=None,
+        n_masked=host[3 * n_tokens :].astype(np.int64),
+    )
+
+
+def _assemble_masked(task_def: TaskDef, outputs: Sequence[_BatchOutput], n_rows: int) -> Predictions:
+    """mask_lm: put each row's masked tokens back in input order (rows' tokens stay together)."""
+    uids: list[str | None] = [None] * n_rows
+    counts = np.full(n_rows, -1, dtype=np.int64)
+    pieces: list[tuple[np.ndarray, np.ndarray] | None] = [None] * n_rows
+    for output in outputs:
+        assert output.n_masked is not None and output.labels is not None
+        starts = np.concatenate([[0], np.cumsum(output.n_masked)])
+        for j, row in enumerate(output.indices.tolist()):
+            if counts[row] >= 0:
+                raise ValueError(f"task '{task_def.name}': row {row} was predicted twice")
+            counts[row] = output.n_masked[j]
+            uids[row] = output.uids[j]
+            span = slice(int(starts[j]), int(starts[j + 1]))
+            pieces[row] = (output.scores[span], output.labels[span])
+    if (counts < 0).any():
+        missing = int(np.flatnonzero(counts < 0)[0])
+        raise ValueError(f"task '{task_def.name}': row {missing} was never predicted")
+    parts = [piece for piece in pieces if piece is not None]
+    scores = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 2), np.float32)
+    labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    return Predictions(
+        task=task_def.name,
+        uids=[str(uid) for uid in uids],
+        scores=scores.reshape(-1, 2).astype(np.float32),
+        labels=labels,
+        n_masked=counts,
+    )
+
+
 def _assemble(task_def: TaskDef, outputs: Sequence[_BatchOutput], n_rows: int) -> Predictions:
     """Scatter per-batch results back to input order; every row must be covered exactly once."""
     task_type = task_def.task_type
+    if task_type is TaskType.MASK_LM:
+        return _assemble_masked(task_def, outputs, n_rows)
     if task_type is TaskType.REGRESSION:
         scores = np.zeros(n_rows, dtype=np.float32)
     elif task_type is TaskType.RANKING:
@@ -222,6 +309,7 @@ def evaluate(
     rank: int = 0,
     world_size: int = 1,
     metrics: Sequence[Metric] | None = None,
+    masking: MaskingSpec | None = None,
 ) -> EvalResult:
     """``predict``, then the task's metrics (``metrics`` overrides ``task_def.metrics``) when labelled.
 
@@ -237,10 +325,11 @@ def evaluate(
         autocast_dtype=autocast_dtype,
         rank=rank,
         world_size=world_size,
+        masking=masking,
     )
     task_def = dataset.task_def
     values: dict[str, float] = {}
-    if predictions.labels is not None and len(predictions):
+    if predictions.labels is not None and len(predictions.labels):
         wanted = task_def.metrics if metrics is None else tuple(metrics)
         if np.isnan(predictions.scores).any():
             values = {Metric(metric).value: math.nan for metric in wanted}
@@ -276,10 +365,15 @@ def prediction_records(task_def: TaskDef, predictions: Predictions) -> list[dict
     """One JSON-able dict per row, in input order: ``uid``, ``prediction``, ``probabilities`` (classes, or
     the real candidates for ranking; absent for regression) and the gold ``label`` when the split has one.
 
+    A mask_lm row gives its masked tokens instead: ``prediction`` and ``label`` are lists of token ids
+    (predicted, original), in the row's token order.
+
     Raises ``ValueError`` when the scores hold NaN.
     """
     task_type = task_def.task_type
     predicted = predictions_from_scores(task_type, predictions.scores)
+    if task_type is TaskType.MASK_LM:
+        return _masked_records(predictions, predicted)
     if task_type is TaskType.RANKING:
         probabilities: np.ndarray | None = ranking_probabilities(predictions.scores)
     elif task_type is TaskType.CLASSIFICATION:
@@ -301,6 +395,19 @@ def prediction_records(task_def: TaskDef, predictions: Predictions) -> list[dict
     return records
 
 
+def _masked_records(predictions: Predictions, predicted: np.ndarray) -> list[dict[str, Any]]:
+    assert predictions.n_masked is not None and predictions.labels is not None
+    starts = np.concatenate([[0], np.cumsum(predictions.n_masked)]).tolist()
+    return [
+        {
+            "uid": uid,
+            "prediction": predicted[starts[i] : starts[i + 1]].tolist(),
+            "label": predictions.labels[starts[i] : starts[i + 1]].tolist(),
+        }
+        for i, uid in enumerate(predictions.uids)
+    ]
+
+
 def write_predictions_jsonl(path: str | Path, records: Sequence[Mapping[str, Any]]) -> None:
     """One JSON object per line (strict JSON: no NaN), written atomically."""
     text = "".join(json.dumps(dict(record), ensure_ascii=False, allow_nan=False) + "\n" for record in records)
@@ -310,6 +417,8 @@ def write_predictions_jsonl(path: str | Path, records: Sequence[Mapping[str, Any
 def write_glue_submission(path: str | Path, task_def: TaskDef, predictions: Predictions) -> None:
     """GLUE's submission TSV: header ``index<TAB>prediction``, one row per example in input order, 0-based
     index; the label name (or class index) for classification, the score for regression."""
+    if task_def.task_type is TaskType.MASK_LM:
+        raise ValueError(f"task '{task_def.name}' is mask_lm: GLUE submissions are for labelled tasks")
     predicted = predictions_from_scores(task_def.task_type, predictions.scores)
     lines = ["index\tprediction"]
     for i, value in enumerate(predicted):

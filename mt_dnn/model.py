@@ -10,12 +10,14 @@ Checkpoint layout (``save`` / ``load``)::
 from __future__ import annotations
 
 import json
+import logging
 import platform
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import safetensors
 import safetensors.torch
 import torch
 import transformers
@@ -29,6 +31,8 @@ from data_utils.errors import UserError
 from data_utils.task_def import TaskDef, parse_task_def
 from module.adversarial import spectral_normalize
 from module.heads import SANConfig, build_head
+
+logger = logging.getLogger("mt_dnn.model")
 
 CHECKPOINT_FORMAT = 1
 ENCODER_DIR = "encoder"
@@ -65,7 +69,9 @@ class MTDNNModel(nn.Module):
     """``model(task, input_ids, attention_mask, token_type_ids, n_candidates=K)`` -> the task head's output.
 
     Outputs: classification ``[B, C]`` logits (SAN: log-probabilities), regression ``[B]``, ranking ``[B, K]``
-    candidate scores (ranking inputs are ``[B*K, L]``, candidate ``k`` of row ``b`` at ``b*K + k``).
+    candidate scores (ranking inputs are ``[B*K, L]``, candidate ``k`` of row ``b`` at ``b*K + k``), mask_lm
+    ``[M, V]`` vocabulary logits at the ``positions=`` ([B, L] bool, M of them True) the caller masked; the
+    mask_lm head's decoder is the encoder's word-embedding matrix (tied).
     """
 
     def __init__(
@@ -84,13 +90,14 @@ class MTDNNModel(nn.Module):
         self.encoder = encoder
         self.task_defs: dict[str, TaskDef] = dict(task_defs)
         hidden_size = int(encoder.config.hidden_size)
+        vocab_size = int(encoder.get_input_embeddings().num_embeddings)
         self.heads = nn.ModuleDict(
             {
                 name: build_head(
                     task.task_type,
                     task.head,
                     hidden_size,
-                    task.n_class,
+                    vocab_size if task.task_type is TaskType.MASK_LM else task.n_class,
                     task.dropout_p,
                     use_encoder_pooler=self.options.use_encoder_pooler,
                     san_config=self.options.san,
@@ -106,8 +113,27 @@ class MTDNNModel(nn.Module):
     def from_encoder(
         cls, encoder_path: str | Path, task_defs: Mapping[str, TaskDef], options: ModelOptions | None = None
     ) -> MTDNNModel:
-        """A fresh model on a pretrained encoder (HF folder or our checkpoint's ``encoder/``)."""
-        return cls(load_encoder(encoder_path), task_defs, options)
+        """A fresh model on a pretrained encoder (HF folder or our checkpoint's ``encoder/``). A mask_lm head
+        starts from the folder's pretrained masked-LM head when it has one (e.g. a ``BertForMaskedLM``)."""
+        model = cls(load_encoder(encoder_path), task_defs, options)
+        for name, task in model.task_defs.items():
+            if task.task_type is TaskType.MASK_LM:
+                model._init_mask_lm_head(name, encoder_dir(encoder_path))
+        return model
+
+    def _init_mask_lm_head(self, task: str, folder: Path) -> None:
+        head = self.heads[task]
+        found = pretrained_mlm_head(folder)
+        if found is None:
+            logger.info("%s has no pretrained masked-LM head: head '%s' starts fresh", folder, task)
+            return
+        weights, prefix = found
+        wanted = dict(head.state_dict())
+        if any(weights[key].shape != value.shape for key, value in wanted.items()):
+            logger.warning("%s: its masked-LM head does not fit; head '%s' starts fresh", folder, task)
+            return
+        head.load_state_dict(weights)
+        logger.info("head '%s' initialised from the masked-LM head (%s*) of %s", task, prefix, folder)
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute encoder activations in the backward; non-reentrant, so extra forwards (SMART's) and
@@ -147,6 +173,7 @@ class MTDNNModel(nn.Module):
         token_type_ids: Tensor | None = None,
         *,
         n_candidates: int = 1,
+        positions: Tensor | None = None,
     ) -> Tensor:
         task_def = self.task_defs.get(task)
         if task_def is None:
@@ -160,6 +187,17 @@ class MTDNNModel(nn.Module):
         if task_def.task_type is TaskType.RANKING:
             return head(
                 encoded.last_hidden_state, attention_mask, token_type_ids, pooled, n_candidates=n_candidates
+            )
+        if task_def.task_type is TaskType.MASK_LM:
+            if positions is None:
+                raise ValueError(f"task '{task}' is mask_lm: pass the masked positions (positions=)")
+            return head(
+                encoded.last_hidden_state,
+                attention_mask,
+                token_type_ids,
+                pooled,
+                positions=positions,
+                decoder_weight=self.encoder.get_input_embeddings().weight,
             )
         outputs = head(encoded.last_hidden_state, attention_mask, token_type_ids, pooled)
         return outputs.squeeze(-1) if task_def.task_type is TaskType.REGRESSION else outputs
@@ -254,6 +292,50 @@ def load_encoder(path: str | Path) -> PreTrainedModel:
         return AutoModel.from_pretrained(str(encoder_dir(path)))
     except (OSError, ValueError) as error:
         raise UserError(f"{path}: cannot load an encoder: {str(error).splitlines()[0]}") from None
+
+
+# Where HF's masked-LM models keep their head: for each prefix, our head's name -> their names (first found).
+_MLM_HEAD_NAMES: dict[str, dict[str, tuple[str, ...]]] = {
+    "cls.predictions.": {  # BERT-style (BertForMaskedLM)
+        "transform.dense.weight": ("transform.dense.weight",),
+        "transform.dense.bias": ("transform.dense.bias",),
+        "transform.LayerNorm.weight": ("transform.LayerNorm.weight",),
+        "transform.LayerNorm.bias": ("transform.LayerNorm.bias",),
+        "bias": ("bias", "decoder.bias"),
+    },
+    "lm_head.": {  # RoBERTa-style
+        "transform.dense.weight": ("dense.weight",),
+        "transform.dense.bias": ("dense.bias",),
+        "transform.LayerNorm.weight": ("layer_norm.weight",),
+        "transform.LayerNorm.bias": ("layer_norm.bias",),
+        "bias": ("bias", "decoder.bias"),
+    },
+}
+
+
+def pretrained_mlm_head(folder: str | Path) -> tuple[dict[str, Tensor], str] | None:
+    """The masked-LM head weights in an HF folder's safetensors files, under our head's names, and the
+    prefix they were found under; ``None`` when the folder has no (complete) masked-LM head."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    stored: dict[str, tuple[Path, str]] = {}
+    for file in files:
+        with safetensors.safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a dict
+                for prefix in _MLM_HEAD_NAMES:
+                    if key.startswith(prefix):
+                        stored[key] = (file, key)
+    for prefix, names in _MLM_HEAD_NAMES.items():
+        found: dict[str, Tensor] = {}
+        for ours, theirs in names.items():
+            key = next((prefix + name for name in theirs if prefix + name in stored), None)
+            if key is None:
+                break
+            file, name = stored[key]
+            with safetensors.safe_open(str(file), framework="pt") as handle:
+                found[ours] = handle.get_tensor(name)
+        if len(found) == len(names):
+            return found, prefix
+    return None
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:

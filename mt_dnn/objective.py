@@ -8,6 +8,12 @@ classification and ranking, squared error for regression); the Bregman term is
 ``mu * D(f(x; theta), f(x; theta~))`` with ``module.bregman``'s EMA teacher. Per-task YAML keys
 ``adv_alpha``, ``adv_epsilon``, ``adv_step_size``, ``adv_noise_var``, ``adv_k`` override the run's flags for
 the methods that take them.
+
+A ``mask_lm`` batch is masked here, on its device (``data_utils.masking``), seeded per example from the
+salt the trainer passes (its seed and epoch): dynamic masks that DDP ranks and resumed runs agree on. Its
+outputs are ``[M, V]`` logits at the masked positions; the task loss is their cross-entropy against the
+original tokens, and every adversarial divergence compares those ``[M, V]`` outputs. ALUM on a mask_lm task
+defaults to the paper's pre-training ``alpha`` of 10 (``ALUMConfig.for_pretraining()``).
 """
 
 from __future__ import annotations
@@ -17,17 +23,21 @@ import functools
 import hashlib
 import logging
 from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
 from data_utils.dataset import Batch
 from data_utils.enums import TaskType
+from data_utils.masking import MaskingSpec, mask_tokens
 from data_utils.task_def import TaskDef
 from module.adversarial import (
     METHODS,
     AdversarialBatch,
     AdversarialMethod,
+    AdversarialMethodName,
+    ALUMConfig,
     Backward,
     build_method,
     method_parameters,
@@ -37,9 +47,17 @@ from module.losses import divergence, task_loss
 from mt_dnn.config import TrainConfig
 from mt_dnn.model import MTDNNModel
 
-__all__ = ["TrainingObjective", "adversarial_replays", "method_parameters_for"]
+__all__ = [
+    "MaskedInputs",
+    "TrainingObjective",
+    "adversarial_replays",
+    "example_seeds",
+    "mask_batch",
+    "method_parameters_for",
+]
 
 logger = logging.getLogger("mt_dnn.objective")
+MASK_LM = TaskType.MASK_LM
 
 
 def method_parameters_for(config: TrainConfig, task_def: TaskDef) -> dict[str, Any]:
@@ -60,6 +78,12 @@ def method_parameters_for(config: TrainConfig, task_def: TaskDef) -> dict[str, A
                 key,
                 config.adv_method,
             )
+    if (
+        config.adv_method is AdversarialMethodName.ALUM
+        and task_def.task_type is TaskType.MASK_LM
+        and "alpha" not in parameters
+    ):
+        parameters["alpha"] = ALUMConfig.for_pretraining().alpha
     return parameters
 
 
@@ -79,9 +103,20 @@ class TrainingObjective:
     ``objective(model, batch)`` returns the loss with its graph instead, for methods with one backward.
     """
 
-    def __init__(self, base_model: MTDNNModel, config: TrainConfig, total_steps: int) -> None:
+    def __init__(
+        self,
+        base_model: MTDNNModel,
+        config: TrainConfig,
+        total_steps: int,
+        masking: MaskingSpec | None = None,
+    ) -> None:
+        """``masking``: the tokenizer's mask token, specials and vocabulary (needed by mask_lm tasks)."""
         self.base_model = base_model
         self.task_defs = base_model.task_defs
+        self.masking = masking
+        mask_lm = [name for name in config.train_datasets if self.task_defs[name].task_type is MASK_LM]
+        if mask_lm and masking is None:
+            raise ValueError(f"task '{mask_lm[0]}' is mask_lm: the objective needs a MaskingSpec")
         self.methods: dict[str, AdversarialMethod] = {}
         if config.adv_method is not None:
             target = base_model.perturbation_target()
@@ -127,17 +162,18 @@ class TrainingObjective:
         if method is not None and method.owns_backward:
             raise RuntimeError(f"{method.name} runs its own backward passes: use backward_step")
         task_def = self.task_defs[batch.task]
+        inputs = self._inputs(batch, noise_salt)
         stats: dict[str, Tensor] = {}
         if method is None:
-            outputs = _forward(model, batch=batch)
-            loss = self._task_loss(batch, outputs)
+            outputs = _forward(model, inputs=inputs)
+            loss = self._task_loss(inputs, outputs)
         else:
-            step = method(self._adversarial_batch(model, batch, inner_loss_scale, noise_salt))
+            step = method(self._adversarial_batch(model, inputs, inner_loss_scale, noise_salt))
             assert step.outputs is not None
             outputs, loss = step.outputs, step.loss
             stats.update(step.stats)
         if self.bregman is not None:
-            run = functools.partial(_forward, batch=batch)
+            run = functools.partial(_forward, inputs=inputs)
             term = self.bregman.term(run, outputs, self._divergence(batch))
             loss = loss + term
             stats["bregman"] = term.detach()
@@ -163,22 +199,32 @@ class TrainingObjective:
             backward(loss)
             return loss.detach(), stats
         weight = self.task_defs[batch.task].loss_weight
-        adversarial = self._adversarial_batch(model, batch, inner_loss_scale, noise_salt)
+        inputs = self._inputs(batch, noise_salt)
+        adversarial = self._adversarial_batch(model, inputs, inner_loss_scale, noise_salt)
         adversarial.backward = lambda loss: backward(loss * weight)
         adversarial.replay, adversarial.key = replay, key
         step = method(adversarial)
         return step.loss * weight, step.stats
 
+    def _inputs(self, batch: Batch, salt: str | None) -> MaskedInputs:
+        """The batch as the model sees it: masked (with its targets) for a mask_lm task, else as it is."""
+        task_def = self.task_defs[batch.task]
+        if task_def.task_type is not TaskType.MASK_LM:
+            return MaskedInputs(batch)
+        assert self.masking is not None
+        return mask_batch(batch, self.masking, task_def.mask_probability, MASK_SALT if salt is None else salt)
+
     def _adversarial_batch(
-        self, model: nn.Module, batch: Batch, inner_loss_scale: float | Tensor, noise_salt: str | None
+        self, model: nn.Module, inputs: MaskedInputs, inner_loss_scale: float | Tensor, noise_salt: str | None
     ) -> AdversarialBatch:
+        batch = inputs.batch
         return AdversarialBatch(
-            run=lambda: _forward(model, batch=batch),
-            loss=functools.partial(self._task_loss, batch),
+            run=lambda: _forward(model, inputs=inputs),
+            loss=functools.partial(self._task_loss, inputs),
             divergence=self._divergence(batch),
             token_mask=batch.attention_mask,
             # DDP: only the pass whose backward synchronises gradients goes through the wrapper.
-            perturbed_run=lambda: _forward(self.base_model, batch=batch),
+            perturbed_run=lambda: _forward(self.base_model, inputs=inputs),
             inner_loss_scale=inner_loss_scale,
             noise_seeds=None if noise_salt is None else example_seeds(noise_salt, batch),
         )
@@ -187,9 +233,11 @@ class TrainingObjective:
         task_type = self.task_defs[batch.task].task_type
         return batch.candidate_mask if task_type is TaskType.RANKING else None
 
-    def _task_loss(self, batch: Batch, outputs: Tensor) -> Tensor:
+    def _task_loss(self, inputs: MaskedInputs, outputs: Tensor) -> Tensor:
+        batch = inputs.batch
         task_def = self.task_defs[batch.task]
-        return task_loss(task_def.loss, outputs, batch.labels, mask=self._candidate_mask(batch))
+        labels = batch.labels if inputs.targets is None else inputs.targets
+        return task_loss(task_def.loss, outputs, labels, mask=self._candidate_mask(batch))
 
     def _divergence(self, batch: Batch) -> Callable[[Tensor, Tensor], Tensor]:
         adv_loss = self.task_defs[batch.task].adv_loss
@@ -218,11 +266,43 @@ def example_seeds(salt: str, batch: Batch) -> list[int]:
     ]
 
 
-def _forward(model: Callable[..., Tensor], *, batch: Batch) -> Tensor:
+# The masks of evaluation and of calls without a salt: fixed, so dev metrics are deterministic.
+MASK_SALT = "mask_lm"
+
+
+@dataclass(frozen=True)
+class MaskedInputs:
+    """A batch ready for the model: for mask_lm, its ``input_ids`` masked, with ``positions`` [B, L] and the
+    original ``targets`` [M]; for every other task the batch as it is (``positions``/``targets`` None)."""
+
+    batch: Batch
+    positions: Tensor | None = None
+    targets: Tensor | None = None
+
+
+def mask_batch(batch: Batch, masking: MaskingSpec, probability: float, salt: str) -> MaskedInputs:
+    """Mask a mask_lm batch on its device, one seed per example from ``(salt, uid)``."""
+    masked = mask_tokens(
+        batch.input_ids,
+        batch.attention_mask,
+        example_seeds(f"mask|{salt}", batch),
+        mask_token_id=masking.mask_token_id,
+        special_ids=masking.special_ids,
+        vocab_size=masking.vocab_size,
+        probability=probability,
+    )
+    masked_batch = dataclasses.replace(batch, input_ids=masked.input_ids)
+    return MaskedInputs(masked_batch, masked.positions, masked.targets)
+
+
+def _forward(model: Callable[..., Tensor], *, inputs: MaskedInputs) -> Tensor:
+    batch = inputs.batch
+    extra = {} if inputs.positions is None else {"positions": inputs.positions}
     return model(
         batch.task,
         batch.input_ids,
         batch.attention_mask,
         batch.token_type_ids,
         n_candidates=batch.n_candidates,
+        **extra,
     )

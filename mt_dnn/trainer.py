@@ -36,7 +36,10 @@ from transformers import PreTrainedTokenizerBase, set_seed
 from data_utils.atomic import atomic_directory, atomic_write_json
 from data_utils.cache import load_split, read_manifest, split_dir
 from data_utils.dataset import Batch, Collator, MultiTaskDataset, TaskDataset
+from data_utils.enums import TaskType
 from data_utils.errors import UserError
+from data_utils.masking import MaskingSpec
+from data_utils.metrics import METRICS, Metric
 from data_utils.prepro import tokenizer_fingerprint
 from data_utils.sampler import MultiTaskBatchSampler, SamplingStrategyName, make_strategy
 from data_utils.task_def import TaskDef, load_task_defs
@@ -104,6 +107,7 @@ class RunData:
     evals: dict[tuple[str, str], TaskDataset]  # labelled dev splits: evaluated during training
     tests: dict[tuple[str, str], TaskDataset]  # labelled test splits: evaluated once, with the best model
     collator: Collator
+    masking: MaskingSpec | None = None  # the tokenizer's mask token etc., when a task is mask_lm
 
 
 def resolve_device(name: str) -> torch.device:
@@ -136,10 +140,17 @@ def load_run_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Ru
         for split in task_defs[name].eval_splits:
             if (split_dir(config.data_dir, name, split) / "meta.json").is_file():
                 dataset = _task_dataset(config.data_dir, task_defs[name], split)
-                if dataset.split.has_labels and len(dataset):
+                # mask_lm text is its own label: every split of it can be scored.
+                self_labelled = task_defs[name].task_type is TaskType.MASK_LM
+                if (dataset.split.has_labels or self_labelled) and len(dataset):
                     (tests if split in task_defs[name].test_splits else evals)[(name, split)] = dataset
     collator = Collator(task_defs, pad_token_id=int(tokenizer.pad_token_id or 0))
-    return RunData(task_defs=task_defs, train=train, evals=evals, tests=tests, collator=collator)
+    masking = None
+    if any(task.task_type is TaskType.MASK_LM for task in task_defs.values()):
+        masking = MaskingSpec.from_tokenizer(tokenizer)
+    return RunData(
+        task_defs=task_defs, train=train, evals=evals, tests=tests, collator=collator, masking=masking
+    )
 
 
 def _task_dataset(data_dir: str, task_def: TaskDef, split: str) -> TaskDataset:
@@ -227,7 +238,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, config, self.total_steps)
         if config.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
-        self.objective = TrainingObjective(self.model, config, self.total_steps)
+        self.objective = TrainingObjective(self.model, config, self.total_steps, masking=self.data.masking)
         # Mixed precision: autocast around the forward passes; fp16 also scales the loss (GradScaler).
         self.amp_dtype = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.fp16)
@@ -502,6 +513,7 @@ class Trainer:
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             autocast_dtype=self.amp_dtype,
+            masking=self.data.masking,
         ).metrics
 
     # ------------------------------------------------------------------ checkpoints and resume
@@ -605,15 +617,22 @@ class _BestKey:
     metric: str | None
 
     def score(self, scores: Mapping[str, Mapping[str, float]]) -> float | None:
+        """Higher is better: a metric where lower is better (perplexity) counts negated."""
         if self.split is not None:
             value = scores.get(self.split, {}).get(self.metric or "")
-            return None if value is None or math.isnan(value) else float(value)
-        firsts = [next(iter(metrics.values())) for metrics in scores.values() if metrics]
+            return None if value is None or math.isnan(value) else _oriented(self.metric or "", value)
+        firsts = [_oriented(*next(iter(metrics.items()))) for metrics in scores.values() if metrics]
         firsts = [value for value in firsts if not math.isnan(value)]
         return float(np.mean(firsts)) if firsts else None
 
     def describe(self) -> str:
         return "mean of first metrics" if self.split is None else f"{self.split}:{self.metric}"
+
+
+def _oriented(metric: str, value: float) -> float:
+    """``value`` as a higher-is-better number."""
+    known = metric in Metric._value2member_map_
+    return -float(value) if known and not METRICS[Metric(metric)].higher_is_better else float(value)
 
 
 def _parse_best_metric(text: str, data: RunData) -> _BestKey:
