@@ -25,7 +25,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CLS = TaskType.CLASSIFICATION
 REG = TaskType.REGRESSION
 RANK = TaskType.RANKING
+MLM = TaskType.MASK_LM
 NEG_INF = -np.inf
+MLM_SCORES = np.array([[5.0, -0.5], [7.0, -2.0], [9.0, -0.1]])
 
 
 def one_hot_scores(preds: list[int], num_classes: int) -> np.ndarray:
@@ -142,6 +144,10 @@ HAND_CASES: list[HandCase] = [
     # mrr ties, stable order: all three candidates score 0.5; right = 2 has two equal scores ahead -> 1/3,
     #   right = 0 is first among equals -> 1 (consistent with argmax = 0, so acc credits it too)
     HandCase("mrr_ties", RANK, Metric.MRR, np.full((2, 3), 0.5), np.array([2, 0]), 100 * (1 / 3 + 1) / 2),
+    # mask_lm: three masked tokens, (predicted id, log p(gold)); gold ids [5, 8, 9]: predictions 5 and 9 right
+    HandCase("mlm_acc", MLM, Metric.MLM_ACC, MLM_SCORES, np.array([5, 8, 9]), 200 / 3),
+    # perplexity = exp(mean cross-entropy) = exp((0.5 + 2.0 + 0.1) / 3)
+    HandCase("perplexity", MLM, Metric.PERPLEXITY, MLM_SCORES, np.array([5, 8, 9]), math.exp(2.6 / 3)),
 ]
 
 
@@ -168,8 +174,11 @@ def test_applicability_table() -> None:
         Metric.PEARSON: {REG},
         Metric.SPEARMAN: {REG},
         Metric.MRR: {RANK},
+        Metric.MLM_ACC: {MLM},
+        Metric.PERPLEXITY: {MLM},
     }
-    assert all(spec.higher_is_better for spec in METRICS.values())
+    lower_is_better = {metric for metric, spec in METRICS.items() if not spec.higher_is_better}
+    assert lower_is_better == {Metric.PERPLEXITY}
 
 
 @pytest.mark.parametrize(

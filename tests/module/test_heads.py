@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from data_utils.enums import HeadType, TaskType
-from module.heads import HEAD_BUILDERS, PooledHead, RankingHead, build_head
+from module.heads import HEAD_BUILDERS, MaskedLMHead, PooledHead, RankingHead, build_head
 from module.san import INIT_STD, SANClassifier, SANConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -120,6 +120,8 @@ EXPECTED = {
     (TaskType.CLASSIFICATION, HeadType.SAN): (SANClassifier, 3, (4, 3)),
     (TaskType.REGRESSION, HeadType.LINEAR): (PooledHead, 1, (4, 1)),
     (TaskType.RANKING, HeadType.LINEAR): (RankingHead, 1, (2, 2)),
+    # n_class: the vocabulary; two masked positions in each of the 4 rows -> [8, 13] logits
+    (TaskType.MASK_LM, HeadType.LINEAR): (MaskedLMHead, 13, (8, 13)),
 }
 
 
@@ -135,7 +137,11 @@ def test_registry_covers_every_pair(pair: tuple[TaskType, HeadType]) -> None:
     head = build_head(task_type, head_type, H, n_class, 0.1, san_config=SANConfig(num_steps=2))
     assert type(head) is cls
     hidden, mask, types = inputs(4)
-    extra = {"n_candidates": 2} if task_type is TaskType.RANKING else {}
+    extra: dict = {"n_candidates": 2} if task_type is TaskType.RANKING else {}
+    if task_type is TaskType.MASK_LM:
+        positions = torch.zeros(4, 5, dtype=torch.bool)
+        positions[:, 1:3] = True
+        extra = {"positions": positions, "decoder_weight": torch.randn(n_class, H)}
     assert head.eval()(hidden, mask, types, **extra).shape == shape
 
 
