@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,12 @@ from data_utils.errors import UserError
 from data_utils.masking import MaskingSpec
 from data_utils.prepro import preprocess
 from data_utils.task_def import load_task_defs, parse_task_def
+from module.adversarial import AdversarialMethodName
 from mt_dnn.config import TrainConfig
 from mt_dnn.inference import evaluate
 from mt_dnn.model import HEADS_FILE, MTDNNModel, load_tokenizer
 from mt_dnn.objective import MASK_SALT, mask_batch, method_parameters_for
-from mt_dnn.trainer import build_model
+from mt_dnn.trainer import Trainer, build_model
 from tests.conftest import TASK_ENTRIES
 from tests.mt_dnn.conftest import _toy_rows, tiny_bert_config
 
@@ -305,3 +307,27 @@ def test_a_tokenizer_without_a_mask_token_is_a_user_error() -> None:
 
     with pytest.raises(UserError, match="gpt-like: the tokenizer has no mask token"):
         MaskingSpec.from_tokenizer(NoMask())
+
+
+@pytest.mark.parametrize("method", list(AdversarialMethodName))
+def test_every_adversarial_method_trains_a_mask_lm_task_with_a_finite_loss(
+    mlm_run: dict[str, Any], tmp_path: Path, method: str
+) -> None:
+    config = TrainConfig(
+        task_def=mlm_run["task_def"],
+        data_dir=mlm_run["data_dir"],
+        init_checkpoint=mlm_run["encoder"],
+        train_datasets=["text"],
+        output_dir=str(tmp_path),
+        batch_size=16,
+        log_every_steps=1,
+        progress=False,
+        adv_method=method,
+        device="cpu",
+    )
+    trainer = Trainer(config)
+    results = trainer.train(until_step=3 * trainer.replays)
+    assert results["nonfinite_steps_skipped"] == 0
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"]["text"] for r in records if r["type"] == "train"]
+    assert losses and all(math.isfinite(value) and value > 0 for value in losses)
