@@ -140,18 +140,29 @@ def test_snli_fine_tuning_scores_dev_and_test(bench: dict, tmp_path: Path) -> No
 def test_scitail_domain_adaptation_from_a_checkpoint(bench: dict, tmp_path: Path) -> None:
     out = tmp_path / "scitail"
     args = ["--init", str(bench["checkpoint"]), *standard(bench, out)]
-    result = run_script("run_scitail.sh", bench, args, env={"PERCENTS": "10 100"})
-    # 10% of 3 rows rounds to 0: at least one row is kept; 100% keeps all three.
-    assert len((out / "p10" / "data" / "scitail_train.jsonl").read_text().splitlines()) == 1
-    assert len((out / "p100" / "data" / "scitail_train.jsonl").read_text().splitlines()) == 3
-    assert "--fraction 0.1 " in result.stdout
-    for percent in ("p10", "p100"):
-        run = results(out / percent)
-        assert run["config"]["init_checkpoint"] == str(bench["checkpoint"])
-        assert set(run["test_eval"]) == {"scitail_test"}
-    assert [line.split(" | ")[0] for line in (out / "report.md").read_text().splitlines()[2:]] == [
-        "| p10", "| p10", "| p100", "| p100"
+    result = run_script("run_scitail.sh", bench, args, env={"PERCENTS": "10"})
+    # 10% of 3 rows rounds to 0: at least one row is kept (seeded), dev and test are copied whole.
+    data = out / "p10" / "data"
+    assert "--seed 2018 --fraction 0.1\n" in result.stdout
+    assert len((data / "scitail_train.jsonl").read_text().splitlines()) == 1
+    assert len((data / "scitail_test.jsonl").read_text().splitlines()) == 2
+    run = results(out / "p10")
+    assert run["config"]["init_checkpoint"] == str(bench["checkpoint"])
+    assert run["config"]["data_dir"] == str(data / "tiny-bert")
+    assert set(run["final_eval"]) == {"scitail_dev"} and set(run["test_eval"]) == {"scitail_test"}
+    assert [line.split(" | ")[:3] for line in (out / "report.md").read_text().splitlines()[2:]] == [
+        ["| p10", "dev", "scitail_dev"], ["| p10", "test", "scitail_test"]
     ]  # fmt: skip
+
+
+def test_a_full_share_trains_on_the_data_folder_itself(bench: dict, tmp_path: Path) -> None:
+    result = run_script("run_scitail.sh", bench, ["--dry_run", *standard(bench, tmp_path)])
+    assert "experiments/subsample.py" not in result.stdout  # 100% of the rows: no copy
+    prepros = commands(result.stdout, "python prepro_std.py")
+    assert len(prepros) == 4 and f"--root_dir {bench['data']}/scitail " in prepros[3]
+    assert [
+        line.split("--output_dir ")[1].split()[0] for line in commands(result.stdout, "python train.py")
+    ] == [f"{tmp_path}/p{percent}" for percent in ("0.1", "1", "10", "100")]
 
 
 def test_anli_all_rounds_with_every_round_reported(bench: dict, tmp_path: Path) -> None:
