@@ -157,7 +157,8 @@ def test_scitail_domain_adaptation_from_a_checkpoint(bench: dict, tmp_path: Path
 
 def test_a_full_share_trains_on_the_data_folder_itself(bench: dict, tmp_path: Path) -> None:
     result = run_script("run_scitail.sh", bench, ["--dry_run", *standard(bench, tmp_path)])
-    assert "experiments/subsample.py" not in result.stdout  # 100% of the rows: no copy
+    samples = commands(result.stdout, "python experiments/subsample.py")
+    assert [line.split("--fraction ")[1] for line in samples] == ["0.001", "0.01", "0.1"]  # none for 100%
     prepros = commands(result.stdout, "python prepro_std.py")
     assert len(prepros) == 4 and f"--root_dir {bench['data']}/scitail " in prepros[3]
     assert [
