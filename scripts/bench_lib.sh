@@ -66,9 +66,6 @@ bench_init() {
   DATA_DIR="${DATA_DIR:-data/$BENCH}"
   [ -d "$DATA_DIR" ] || bench_fail "DATA_DIR '$DATA_DIR' not found (run scripts/get_data.sh $BENCH first)"
   DATA_DIR="$(cd "$DATA_DIR" && pwd)"
-  mkdir -p "$OUT_DIR"
-  OUT_DIR="$(cd "$OUT_DIR" && pwd)"
-  cd "$ROOT"
   NPROC="${NPROC:-1}"
   EPOCHS="${EPOCHS:-5}"
   BATCH_SIZE="${BATCH_SIZE:-32}"
@@ -89,6 +86,8 @@ bench_init() {
   [ -z "$MAX_TRAIN_ROWS" ] || bench_check_int MAX_TRAIN_ROWS "$MAX_TRAIN_ROWS"
   [[ "$ADV" =~ ^[01]$ ]] || bench_fail "ADV=$ADV is not 0 or 1"
   [[ "$CACHE_NAME" =~ ^[A-Za-z0-9_.-]+$ ]] || bench_fail "CACHE_NAME=$CACHE_NAME: use letters, digits, . _ -"
+  OUT_DIR="$(mkdir -p "$OUT_DIR" && cd "$OUT_DIR" && pwd)"
+  cd "$ROOT"
   ADV_FLAGS=()
   [ "$ADV" = 0 ] || ADV_FLAGS=(--adv_train)
   # The papers' optimisation settings, shared by every training run of the benchmark scripts.

@@ -202,3 +202,4 @@ def test_a_bad_argument_stops_before_anything_runs(
     result = run_script(script, bench, ["--dry_run", *args], env=env, check=False)
     assert result.returncode == 2
     assert message in result.stderr and result.stdout == ""
+    assert not any((tmp_path / "out").glob("*"))
