@@ -8,7 +8,7 @@
 #
 # Environment (defaults are the MT-DNN paper's settings, section 4.2: Adamax, learning rate 5e-5, batch 32,
 # at most 5 epochs, linear decay after a 0.1 warm-up; 512 word pieces at most; SMART on):
-#   DATA_DIR        canonical JSONL from experiments/<bench>/prepare.py (default data/<bench>)
+#   DATA_DIR        canonical JSONL from experiments/<bench>/prepare.py (default <repo>/data/<bench>)
 #   NPROC           processes (GPUs) for torchrun (default 1: plain python)
 #   EPOCHS BATCH_SIZE LR WARMUP MAX_SEQ_LEN SEED   (5, 32, 5e-5, 0.1, 512, 2018)
 #   ADV             1: --adv_train (SMART with its Bregman term), 0: plain fine-tuning (default 1)
@@ -63,7 +63,7 @@ bench_init() {
     INIT="$(cd "$INIT" && pwd)"
   fi
   ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-  DATA_DIR="${DATA_DIR:-data/$BENCH}"
+  DATA_DIR="${DATA_DIR:-$ROOT/data/$BENCH}"
   [ -d "$DATA_DIR" ] || bench_fail "DATA_DIR '$DATA_DIR' not found (run scripts/get_data.sh $BENCH first)"
   DATA_DIR="$(cd "$DATA_DIR" && pwd)"
   NPROC="${NPROC:-1}"
