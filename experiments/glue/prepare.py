@@ -14,7 +14,6 @@ dev files hold a few such rows, which are skipped, counted and listed instead.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,8 +23,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from data_utils.atomic import atomic_write_text  # noqa: E402
 from data_utils.errors import UserError, exit_on_user_error  # noqa: E402
+from experiments.canonical import FileResult, Summary, parse_names, print_summary, write_rows  # noqa: E402
 
 TASK_DEF = Path(__file__).resolve().parent / "glue_task_def.yml"
 
@@ -113,12 +112,6 @@ TASKS: dict[str, GlueTask] = {
 }
 
 
-@dataclass
-class FileResult:
-    rows: list[dict[str, Any]]
-    skipped: list[str]  # "file:line: reason" for every malformed row skipped
-
-
 def read_glue_file(glue_dir: Path, task: GlueTask, source: GlueFile) -> FileResult:
     path = glue_dir / source.path
     if not path.is_file():
@@ -178,33 +171,26 @@ def _label(task: GlueTask, value: str, path: Path, number: int) -> Any:
         raise UserError(f"{path}:{number}: column {task.label!r}: {value!r} is not a number") from None
 
 
-def prepare(glue_dir: Path, output_dir: Path, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
+def prepare(glue_dir: Path, output_dir: Path, tasks: Sequence[str]) -> Summary:
     """Write every split of ``tasks``; returns ``{task: {split: rows, "skipped": [...]}}``."""
-    summary: dict[str, dict[str, Any]] = {}
+    summary: Summary = {}
     for name in tasks:
         task = TASKS[name]
         summary[name] = {"skipped": []}
         for source in task.files:
             result = read_glue_file(glue_dir, task, source)
-            text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.rows)
-            atomic_write_text(output_dir / f"{name}_{source.split}.jsonl", text)
+            write_rows(output_dir / f"{name}_{source.split}.jsonl", result.rows)
             summary[name][source.split] = len(result.rows)
             summary[name]["skipped"].extend(result.skipped)
     return summary
 
 
 def parse_tasks(value: str) -> list[str]:
-    tasks = [task.strip() for task in value.split(",") if task.strip()]
-    unknown = [task for task in tasks if task not in TASKS]
-    if unknown or not tasks:
-        raise argparse.ArgumentTypeError(
-            f"unknown GLUE task {unknown[0] if unknown else value!r} (known: {', '.join(TASKS)})"
-        )
-    return tasks
+    return parse_names(value, list(TASKS), "GLUE task")
 
 
 @exit_on_user_error
-def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
+def main(argv: list[str] | None = None) -> Summary:
     parser = argparse.ArgumentParser(description="Official GLUE files -> canonical JSONL.")
     parser.add_argument(
         "--glue_dir", required=True, help="the folder download_glue_data.py made (CoLA/, SST-2/, ...)"
@@ -213,11 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser.add_argument("--tasks", type=parse_tasks, default=list(TASKS))
     args = parser.parse_args(argv)
     summary = prepare(Path(args.glue_dir), Path(args.output_dir), args.tasks)
-    for name, counts in summary.items():
-        splits = ", ".join(f"{split} {n:,}" for split, n in counts.items() if split != "skipped")
-        print(f"{name}: {splits}; malformed rows skipped: {len(counts['skipped'])}")
-        for message in counts["skipped"][:5]:
-            print(f"  skipped {message}")
+    print_summary(summary, "malformed rows skipped")
     return summary
 
 

@@ -2,8 +2,10 @@
 
     python experiments/glue/submission.py --checkpoint out/glue/best --data_dir data/glue \
         --output_dir submission
+    python experiments/glue/submission.py --checkpoint out/glue/mtl/best --checkpoint out/glue/rte/best ...
 
-For every GLUE test set whose task head is in the checkpoint it runs ``predict.py`` on
+For every GLUE test set whose task head is in a checkpoint (the last ``--checkpoint`` given that has it: a
+per-task fine-tuned checkpoint after the multi-task one overrides it for its task) it runs ``predict.py`` on
 ``<data_dir>/<task>_<split>.jsonl`` (written by ``experiments/glue/prepare.py``) and writes ``<NAME>.tsv``
 (``index<TAB>prediction``, the official label strings) plus the predictions JSONL under ``predictions/``.
 AX, the diagnostic set, is predicted with the mnli head. Zip the folder's .tsv files and upload them.
@@ -41,32 +43,37 @@ SUBMISSION_FILES: tuple[tuple[str, str, str, str], ...] = (
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description="GLUE submission files from a checkpoint.")
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument(
+        "--checkpoint", required=True, action="append", help="repeatable; later ones win for their heads"
+    )
     parser.add_argument("--data_dir", required=True, help="canonical JSONL from experiments/glue/prepare.py")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = parser.parse_args(argv)
-    heads = set(read_checkpoint_config(args.checkpoint)["task_defs"])
+    owner: dict[str, str] = {}  # head -> the checkpoint that predicts it
+    for checkpoint in args.checkpoint:
+        owner.update(dict.fromkeys(read_checkpoint_config(checkpoint)["task_defs"], checkpoint))
+    heads = set(owner)
     out = Path(args.output_dir)
     written: list[Path] = []
     for name, head, task, split in SUBMISSION_FILES:
         source = Path(args.data_dir) / f"{task}_{split}.jsonl"
         if head not in heads or not source.is_file():
-            reason = f"no {head} head in the checkpoint" if head not in heads else f"no {source}"
+            reason = f"no {head} head in the checkpoints" if head not in heads else f"no {source}"
             print(f"{name}.tsv: skipped ({reason})")
             continue
         target = out / f"{name}.tsv"
+        print(f"{name}.tsv: {head} head of {owner[head]}")
         predict.main([
-            "--checkpoint", args.checkpoint, "--task", head, "--input", str(source),
+            "--checkpoint", owner[head], "--task", head, "--input", str(source),
             "--output", str(out / "predictions" / f"{name}.predictions.jsonl"), "--submission", str(target),
             "--batch_size", str(args.batch_size), "--device", args.device,
         ])  # fmt: skip
         written.append(target)
     if not written:
-        raise UserError(
-            f"{args.checkpoint}: no GLUE test set could be predicted (heads: {', '.join(sorted(heads))})"
-        )
+        where = ", ".join(args.checkpoint)
+        raise UserError(f"{where}: no GLUE test set could be predicted (heads: {', '.join(sorted(heads))})")
     print(f"{len(written)} submission files in {out}")
     return written
 
