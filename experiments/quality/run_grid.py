@@ -23,7 +23,7 @@ from data_utils.errors import UserError, exit_on_user_error  # noqa: E402
 from experiments.quality.data import prepare_data  # noqa: E402
 from experiments.quality.grid import Cell, Grid, Regime, cells, check_train_flags, load_grid  # noqa: E402
 from experiments.quality.results import Key, ResultRow, append_row, read_results  # noqa: E402
-from experiments.quality.runs import Runner, clean_up, run_cell, subprocess_runner  # noqa: E402
+from experiments.quality.runs import STATE_FILE, Runner, clean_up, run_cell, subprocess_runner  # noqa: E402
 
 RESULTS_FILE = "results.jsonl"
 
@@ -83,13 +83,13 @@ def run_grid(
                 clean_up(cell, grid, output_dir)
             continue
         if dry_run:
-            resumable = (cell.out_dir(output_dir) / "last" / "trainer_state.pt").is_file()
+            resumable = (cell.out_dir(output_dir) / STATE_FILE).is_file()
             print(f"{tag}: {'to resume' if resumable else 'to run'}", flush=True)
             continue
         cache_dir = prepare_data(grid, task_defs, output_dir, cell.n_train, cell.seed, model)
         rows = run_cell(cell, grid, task_defs, output_dir, cache_dir, model, runner)
         for row in rows:
-            if row.key not in done:  # an mtl cell re-run for a task added later keeps the earlier rows
+            if row.key not in done:  # a kill between the rows of one mtl run: the first one is there
                 append_row(results_path, row)
                 done[row.key] = row
         clean_up(cell, grid, output_dir)
