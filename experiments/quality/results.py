@@ -1,0 +1,139 @@
+"""The grid's results file: one JSON object per finished (regime, method, task, n_train, seed), appended.
+
+A line is appended (and fsynced) only after its run finished, so a row present means the cell is done. A kill
+in the middle of an append leaves a last line without its newline: ``read_results(..., repair=True)`` cuts it
+off (the run is redone); any other unreadable line is an error naming ``file:line``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from data_utils.errors import UserError
+
+Key = tuple[str, str, str, int, int]  # regime, method, task, n_train, seed
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    regime: str
+    method: str
+    task: str
+    n_train: int
+    seed: int
+    metric: str  # the task's first metric: the one compared
+    dev: float | None  # on the first dev split, at the best checkpoint (chosen on dev)
+    test: float | None  # on the first test split, scored once by the best checkpoint (None: unlabelled)
+    dev_metrics: dict[str, float]
+    test_metrics: dict[str, float]
+    steps: int  # optimizer steps of the whole run
+    timed_steps: int  # steps taken by the process that finished the run (fewer after a resume)
+    train_step_seconds: float  # that process's training time without evaluation and checkpoints
+    wall_seconds: float  # that process's wall time, start-up, evaluation and checkpoints included
+    resumed: bool  # continued a killed run with --resume
+    out_dir: str
+    flags: list[str]  # the grid's train.py flags for this cell (common, per size, method)
+    train_argv: list[str]  # the whole train.py command line
+
+    @property
+    def key(self) -> Key:
+        return (self.regime, self.method, self.task, self.n_train, self.seed)
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        return self.train_step_seconds / self.timed_steps if self.timed_steps > 0 else None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=False)
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "regime": (str,),
+    "method": (str,),
+    "task": (str,),
+    "n_train": (int,),
+    "seed": (int,),
+    "metric": (str,),
+    "dev": (int, float, type(None)),
+    "test": (int, float, type(None)),
+    "dev_metrics": (dict,),
+    "test_metrics": (dict,),
+    "steps": (int,),
+    "timed_steps": (int,),
+    "train_step_seconds": (int, float),
+    "wall_seconds": (int, float),
+    "resumed": (bool,),
+    "out_dir": (str,),
+    "flags": (list,),
+    "train_argv": (list,),
+}
+FIELDS = tuple(field.name for field in dataclasses.fields(ResultRow))
+assert set(_TYPES) == set(FIELDS)
+
+
+def parse_row(data: Any, where: str) -> ResultRow:
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a JSON object")
+    for name in FIELDS:
+        if name not in data:
+            raise UserError(f"{where}: key '{name}': missing")
+        value = data[name]
+        bad_bool = isinstance(value, bool) and bool not in _TYPES[name]
+        if bad_bool or not isinstance(value, _TYPES[name]):
+            raise UserError(f"{where}: key '{name}': unexpected value {value!r}")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise UserError(f"{where}: key '{unknown[0]}': unknown")
+    return ResultRow(**{name: data[name] for name in FIELDS})
+
+
+def read_results(path: Path, *, repair: bool = False) -> list[ResultRow]:
+    """The rows of ``path`` (none if it does not exist). A torn last line (no newline, not JSON) is ignored,
+    and with ``repair`` cut from the file so the next append starts on a fresh line. Repeated keys: error."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    torn = lines.pop()  # after the last newline: b"" when the file ends cleanly
+    if torn.strip():
+        try:
+            json.loads(torn)
+        except ValueError:
+            if repair:
+                with path.open("r+b") as handle:
+                    handle.truncate(len(data) - len(torn))
+        else:  # a whole row that only lacks its newline: keep it
+            lines.append(torn)
+            if repair:
+                with path.open("ab") as handle:
+                    handle.write(b"\n")
+    rows: list[ResultRow] = []
+    seen: dict[Key, int] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            data_line = json.loads(line)
+        except ValueError:
+            raise UserError(f"{where}: not a JSON object") from None
+        row = parse_row(data_line, where)
+        if row.key in seen:
+            raise UserError(f"{where}: repeats the row of line {seen[row.key]} for {row.key}")
+        seen[row.key] = number
+        rows.append(row)
+    return rows
+
+
+def append_row(path: Path, row: ResultRow) -> None:
+    """Append one line and fsync it: once this returns, the cell counts as done."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(row.to_json() + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())

@@ -1,0 +1,128 @@
+"""Run a grid of (regime x method x task x training-set size x seed) through the real train.py, resumably.
+
+    python experiments/quality/run_grid.py --grid experiments/quality/grid.yml --output_dir out/quality
+        [--model DIR] [--dry_run]
+
+Writes ``<output_dir>/results.jsonl`` (one row per finished run and task: see ``results.py``), one folder per
+cell under ``<output_dir>/runs/<regime>/<method>/<tasks>/n<N>-s<SEED>/`` (train.py's logs, ``results.json``,
+``train.out``) and the subsampled data under ``<output_dir>/data/``. Run the same command again after a kill:
+finished cells are skipped, a killed run continues from its last checkpoint (``--resume``). A cell whose row
+was made with other flags than the grid now gives is an error, not a silent mix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from data_utils.errors import UserError, exit_on_user_error  # noqa: E402
+from experiments.quality.data import prepare_data  # noqa: E402
+from experiments.quality.grid import Cell, Grid, Regime, cells, check_train_flags, load_grid  # noqa: E402
+from experiments.quality.results import Key, ResultRow, append_row, read_results  # noqa: E402
+from experiments.quality.runs import STATE_FILE, Runner, clean_up, run_cell, subprocess_runner  # noqa: E402
+
+RESULTS_FILE = "results.jsonl"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", type=Path, required=True, help="grid YAML (experiments/quality/grid.yml)")
+    parser.add_argument("--output_dir", type=Path, required=True, help="results, runs and data go here")
+    parser.add_argument("--model", default=None, help="encoder folder (overrides the grid's 'model')")
+    parser.add_argument("--dry_run", action="store_true", help="list the cells and their state, run nothing")
+    return parser
+
+
+def _check_done(cell: Cell, grid: Grid, done: dict[Key, ResultRow], results_path: Path) -> bool:
+    """True when every row of the cell is there, made with the flags (and, for the multi-task regimes, the
+    task set) the grid gives it now; rows made otherwise are an error rather than a silent mix."""
+    present = [done[key] for key in cell.row_keys() if key in done]
+    flags = list(grid.flags(cell.method, cell.n_train))
+    for row in present:
+        if row.flags != flags:
+            raise UserError(
+                f"{results_path}: {cell.describe()} was run with flags {row.flags}, the grid now gives "
+                f"{flags}: use another --output_dir (or remove those rows)"
+            )
+        multi_task = _multi_task_set(row)
+        if multi_task is not None and multi_task != list(grid.tasks):
+            raise UserError(
+                f"{results_path}: {cell.describe()} comes from a multi-task run on {multi_task}, the grid's "
+                f"tasks are now {list(grid.tasks)}: use another --output_dir"
+            )
+    return len(present) == len(cell.tasks)
+
+
+def _multi_task_set(row: ResultRow) -> list[str] | None:
+    """The tasks of the multi-task run behind an mtl or mtl+finetune row (None for a single-task row)."""
+    argv = row.train_argv
+    if row.regime == Regime.MTL:
+        return argv[argv.index("--train_datasets") + 1].split(",")
+    if row.regime == Regime.MTL_FINETUNE:  # <output_dir>/runs/mtl/<method>/<a+b>/n<N>-s<S>/best
+        return Path(argv[argv.index("--init_checkpoint") + 1]).parents[1].name.split("+")
+    return None
+
+
+def run_grid(
+    grid: Grid, output_dir: Path, model: str, runner: Runner, *, dry_run: bool = False
+) -> list[ResultRow]:
+    """Run every unfinished cell in order and return all the rows of the results file."""
+    results_path = output_dir / RESULTS_FILE
+    done = {row.key: row for row in read_results(results_path, repair=not dry_run)}
+    task_defs = grid.task_defs()
+    todo = list(cells(grid))
+    for index, cell in enumerate(todo, start=1):
+        tag = f"[{index}/{len(todo)}] {cell.describe()}"
+        if _check_done(cell, grid, done, results_path):
+            print(f"{tag}: done", flush=True)
+            if not dry_run:
+                clean_up(cell, grid, output_dir)
+            continue
+        if dry_run:
+            resumable = (cell.out_dir(output_dir) / STATE_FILE).is_file()
+            print(f"{tag}: {'to resume' if resumable else 'to run'}", flush=True)
+            continue
+        cache_dir = prepare_data(grid, task_defs, output_dir, cell.n_train, cell.seed, model)
+        rows = run_cell(cell, grid, task_defs, output_dir, cache_dir, model, runner)
+        for row in rows:
+            if row.key not in done:  # a kill between the rows of one mtl run: the first one is there
+                append_row(results_path, row)
+                done[row.key] = row
+        clean_up(cell, grid, output_dir)
+        print(f"{tag}: {_summary(rows)}", flush=True)
+    return read_results(results_path)
+
+
+def _summary(rows: list[ResultRow]) -> str:
+    parts = [f"{row.task} dev {row.metric} {_number(row.dev)} test {_number(row.test)}" for row in rows]
+    first = rows[0]
+    resumed = ", resumed" if first.resumed else ""
+    return f"{'; '.join(parts)} ({first.steps} steps, {first.wall_seconds:.0f} s{resumed})"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None, runner: Runner = subprocess_runner) -> list[ResultRow]:
+    args = build_parser().parse_args(argv)
+    grid = load_grid(args.grid)
+    check_train_flags(grid)
+    model = args.model or grid.model
+    if model is None:
+        from experiments.common import minilm_path
+
+        model = minilm_path()
+    rows = run_grid(grid, args.output_dir, model, runner, dry_run=args.dry_run)
+    if not args.dry_run:
+        print(f"{len(rows)} rows in {args.output_dir / RESULTS_FILE}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
