@@ -14,6 +14,7 @@ from module.adversarial.hooks import RngSnapshot, add_to_output, capture_output
 __all__ = [
     "PerturbedOutput",
     "delta_ratio",
+    "device_of",
     "finite_or_zero",
     "initial_noise",
     "perturb_output",
@@ -115,3 +116,11 @@ def initial_noise(
         generator.manual_seed(int(seed))
         noise[row][real[row]] = draw((int(count), output.shape[-1]), generator)
     return noise
+
+
+def device_of(target: nn.Module, token_mask: Tensor | None) -> torch.device:
+    """Where a batch runs: the token mask's device, else the target's parameters' (CPU without either)."""
+    if token_mask is not None:
+        return token_mask.device
+    parameter = next(target.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from module.adversarial.base import AdversarialBatch, AdversarialMethod, AdversarialStep
 from module.adversarial.delta import (
     delta_ratio,
+    device_of,
     finite_or_zero,
     initial_noise,
     perturb_output,
@@ -84,7 +85,7 @@ class FreeLB(AdversarialMethod):
 
     def __call__(self, batch: AdversarialBatch) -> AdversarialStep:
         config = self.config
-        rng = RngSnapshot.capture(_device(self.target, batch)) if config.dropout_replay else None
+        rng = RngSnapshot.capture(device_of(self.target, batch.token_mask)) if config.dropout_replay else None
         delta: Tensor | None = None
         output = mask = torch.empty(0)
         finite = torch.ones((), dtype=torch.bool)
@@ -229,7 +230,7 @@ class YOPO(AdversarialMethod):
 
     def __call__(self, batch: AdversarialBatch) -> AdversarialStep:
         config = self.config
-        device = _device(self.target, batch)
+        device = device_of(self.target, batch.token_mask)
         delta: Tensor | None = None
         output = mask = torch.empty(0)
         finite = torch.ones((), dtype=torch.bool, device=device)
@@ -338,10 +339,3 @@ class _Recording:
             handle.remove()
         if exc[0] is None and self.call._calls != 1:
             raise RuntimeError(f"YOPO: the first layer ran {self.call._calls} times in one forward pass")
-
-
-def _device(target: nn.Module, batch: AdversarialBatch) -> torch.device:
-    if batch.token_mask is not None:
-        return batch.token_mask.device
-    parameter = next(target.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")

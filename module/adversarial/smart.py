@@ -26,7 +26,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from module.adversarial.delta import delta_ratio, finite_or_zero, initial_noise, position_mask, run_with_delta
+from module.adversarial.delta import (
+    delta_ratio,
+    device_of,
+    finite_or_zero,
+    initial_noise,
+    position_mask,
+    run_with_delta,
+)
 from module.adversarial.hooks import RngSnapshot, capture_output
 from module.adversarial.norms import NormLevel, PNorm, normalize, project
 
@@ -112,7 +119,7 @@ class SmartPerturbation:
     ) -> AdversarialResult:
         config = self.config
         perturbed_run = adversarial_run or run
-        rng = RngSnapshot.capture(self._device(token_mask)) if config.dropout_replay else None
+        rng = RngSnapshot.capture(device_of(self.target, token_mask)) if config.dropout_replay else None
         with capture_output(self.target) as captured:
             outputs = run()
         embedded = captured.value
@@ -146,9 +153,3 @@ class SmartPerturbation:
             skipped=(~finite).float(),
             delta=delta.detach(),
         )
-
-    def _device(self, token_mask: Tensor | None) -> torch.device:
-        if token_mask is not None:
-            return token_mask.device
-        parameter = next(self.target.parameters(), None)
-        return parameter.device if parameter is not None else torch.device("cpu")
