@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers.utils import logging as hf_logging
 
 from data_utils.atomic import atomic_write_text
 from data_utils.cache import EncodedSplit, load_split
@@ -43,7 +42,14 @@ from mt_dnn.inference import (
     write_glue_submission,
     write_predictions_jsonl,
 )
-from mt_dnn.model import CONFIG_FILE, MTDNNModel, encoder_dir, load_tokenizer, read_checkpoint_config
+from mt_dnn.model import (
+    CONFIG_FILE,
+    MTDNNModel,
+    encoder_dir,
+    load_tokenizer,
+    quiet_loading,
+    read_checkpoint_config,
+)
 
 DEFAULT_MAX_SEQ_LEN = 512
 _SHOWN_SKIPS = 3
@@ -103,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         split = _encoded_file(input_path, task_def, tokenizer, args, position_limit)
 
-    with _quiet_transformers():
+    with quiet_loading():
         model = MTDNNModel.load(checkpoint, map_location=device)
     dataset = TaskDataset(task_def, split)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -148,22 +154,6 @@ def _writing(path: str | Path) -> Iterator[None]:
         yield
     except OSError as error:
         raise UserError(f"{path}: cannot write: {error.strerror or error}") from None
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """While loading: no "Loading weights" bar and no load report (e.g. the pooler we do not use) on
-    stderr, which is for this CLI's own messages. Real failures still raise."""
-    bars = hf_logging.is_progress_bar_enabled()
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _checkpoint_task(checkpoint: Path, task: str) -> TaskDef:

@@ -100,6 +100,35 @@ class TaskDataset:
         index = int(value)
         return None if index < 0 else index
 
+    def subset(self, indices: Sequence[int] | np.ndarray) -> TaskDataset:
+        """The rows at ``indices``, in that order, as a dataset of their own (row ``i`` of the subset is row
+        ``indices[i]`` here); the cache is shared, nothing is copied."""
+        return _TaskSubset(self, indices)
+
+
+class _TaskSubset(TaskDataset):
+    def __init__(self, parent: TaskDataset, indices: Sequence[int] | np.ndarray) -> None:
+        # No super().__init__: the parent has checked the split already.
+        self.task_def = parent.task_def
+        self.split = parent.split
+        self._parent = parent
+        self._indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(parent)
+        if len(self._indices) and (self._indices.min() < 0 or self._indices.max() >= n):
+            bad = self._indices[(self._indices < 0) | (self._indices >= n)][0]
+            raise IndexError(f"task '{self.name}': row {int(bad)} out of range for {n} rows")
+        self._lengths = parent.lengths[self._indices]
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, index: int) -> Row:
+        n = len(self)
+        i = int(index)
+        if not -n <= i < n:
+            raise IndexError(f"task '{self.name}': row {index} out of range for {n} rows")
+        return self._parent[int(self._indices[i])]
+
 
 class MultiTaskDataset:
     """Several ``TaskDataset``s behind one index: ``dataset[(task, row)]``."""

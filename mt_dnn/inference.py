@@ -15,6 +15,11 @@ little) and puts the scores back in input order. Scores, by task type:
 
 With ``world_size > 1`` every rank predicts its share of the batches (``EvalBatchSampler``) and the shares
 are exchanged with ``torch.distributed.all_gather_object``, so every rank returns the whole split.
+
+``perturbation`` scores the model under attack: for each batch it returns a tensor that is added to the output
+of the model's ``perturbation_target()`` (the word embeddings) for the scoring forward
+(``mt_dnn.robustness`` builds one from PGD). Such a run uses ``torch.no_grad`` instead of inference mode,
+so that the perturbation can take gradients under ``torch.enable_grad``.
 """
 
 from __future__ import annotations
@@ -22,14 +27,14 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from data_utils.atomic import atomic_write_text
 from data_utils.dataset import Batch, Collator, TaskDataset
@@ -38,9 +43,11 @@ from data_utils.masking import MaskingSpec
 from data_utils.metrics import Metric, compute_metrics, predictions_from_scores
 from data_utils.sampler import EvalBatchSampler
 from data_utils.task_def import TaskDef
+from module.adversarial.hooks import add_to_output
 from mt_dnn.objective import MASK_SALT, mask_batch
 
 __all__ = [
+    "BatchPerturbation",
     "EvalResult",
     "Predictions",
     "evaluate",
@@ -50,6 +57,10 @@ __all__ = [
     "write_glue_submission",
     "write_predictions_jsonl",
 ]
+
+
+BatchPerturbation = Callable[[Batch], Tensor]
+"""(a batch on the model's device) -> what to add to the output of the model's ``perturbation_target()``."""
 
 
 @dataclass(eq=False)  # numpy fields: compare their arrays, not the objects
@@ -104,17 +115,21 @@ def predict(
     rank: int = 0,
     world_size: int = 1,
     masking: MaskingSpec | None = None,
+    perturbation: BatchPerturbation | None = None,
 ) -> Predictions:
     """Score every row of ``dataset`` with ``model`` (already on ``device``) and return them in input order.
 
     Runs in eval mode under ``torch.inference_mode``; the train/eval mode of every submodule is restored
     afterwards. ``autocast_dtype`` (``torch.bfloat16`` / ``torch.float16``) runs the forward under autocast;
     scores are always float32. One device-to-host copy per batch. ``masking`` (the tokenizer's mask token,
-    specials and vocabulary) is required for a mask_lm task.
+    specials and vocabulary) is required for a mask_lm task. ``perturbation``: score every batch with it
+    added to the perturbation target's output (see the module docstring; not for mask_lm tasks).
     """
     device = torch.device(device)
     if dataset.task_def.task_type is TaskType.MASK_LM and masking is None:
         raise ValueError(f"task '{dataset.task_def.name}' is mask_lm: predict needs masking=MaskingSpec")
+    if dataset.task_def.task_type is TaskType.MASK_LM and perturbation is not None:
+        raise ValueError(f"task '{dataset.task_def.name}' is mask_lm: predict takes no perturbation for it")
     if world_size > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         raise ValueError(f"world_size={world_size} needs an initialised torch.distributed process group")
     sampler = EvalBatchSampler(
@@ -125,11 +140,13 @@ def predict(
     model.eval()
     outputs: list[_BatchOutput] = []
     try:
-        with torch.inference_mode():
+        with torch.inference_mode() if perturbation is None else torch.no_grad():
             for indices in sampler.batches:
                 batch = collator([dataset[int(i)] for i in indices])
                 outputs.append(
-                    _predict_batch(model, task_def, batch, indices, device, autocast_dtype, masking)
+                    _predict_batch(
+                        model, task_def, batch, indices, device, autocast_dtype, masking, perturbation
+                    )
                 )
     finally:
         for module, training in modes:
@@ -149,6 +166,7 @@ def _predict_batch(
     device: torch.device,
     autocast_dtype: torch.dtype | None,
     masking: MaskingSpec | None = None,
+    perturbation: BatchPerturbation | None = None,
 ) -> _BatchOutput:
     labels = None if batch.labels is None else batch.labels.numpy()
     n_candidates = None
@@ -162,7 +180,10 @@ def _predict_batch(
     if task_def.task_type is TaskType.MASK_LM:
         assert masking is not None
         return _predict_masked(model, task_def, on_device, indices, masking, autocast)
-    with autocast:
+    perturbed = contextlib.nullcontext()
+    if perturbation is not None:
+        perturbed = add_to_output(model.perturbation_target(), perturbation(on_device))
+    with autocast, perturbed:
         output = model(
             batch.task,
             on_device.input_ids,
@@ -310,6 +331,7 @@ def evaluate(
     world_size: int = 1,
     metrics: Sequence[Metric] | None = None,
     masking: MaskingSpec | None = None,
+    perturbation: BatchPerturbation | None = None,
 ) -> EvalResult:
     """``predict``, then the task's metrics (``metrics`` overrides ``task_def.metrics``) when labelled.
 
@@ -326,6 +348,7 @@ def evaluate(
         rank=rank,
         world_size=world_size,
         masking=masking,
+        perturbation=perturbation,
     )
     task_def = dataset.task_def
     values: dict[str, float] = {}

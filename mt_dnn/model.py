@@ -9,10 +9,11 @@ Checkpoint layout (``save`` / ``load``)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import torch
 import transformers
 from torch import Tensor, nn
 from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from data_utils import prepro
 from data_utils.atomic import atomic_directory
@@ -354,3 +356,19 @@ def _versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
     }
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """While loading: no "Loading weights" bar and no load report (e.g. the pooler we do not use) on
+    stderr, which a CLI keeps for its own messages. Real failures still raise."""
+    bars = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()

@@ -77,6 +77,21 @@ def test_task_dataset_rows_are_views_with_labels_and_lengths() -> None:
         data[3]
 
 
+def test_subset_serves_the_chosen_rows_in_the_given_order() -> None:
+    data = TaskDataset(CLS, make_split([[5], [9], [3], [7]], [0, 2, 1, 0]))
+    subset = data.subset([3, 1])
+    assert len(subset) == 2 and subset.task_def is CLS
+    assert [subset[i].uid for i in range(2)] == ["u3", "u1"] and subset[-1].uid == "u1"
+    assert [subset[i].label for i in range(2)] == [0, 2]
+    np.testing.assert_array_equal(subset[0].sequences[0][0], data[3].sequences[0][0])
+    np.testing.assert_array_equal(subset.lengths, [7, 9])
+    with pytest.raises(IndexError):
+        subset[2]
+    with pytest.raises(IndexError, match="row 4 out of range"):
+        data.subset([0, 4])
+    assert len(data.subset([])) == 0
+
+
 def test_task_dataset_rejects_mismatched_cache() -> None:
     with pytest.raises(UserError, match="one sequence per row"):
         TaskDataset(CLS, make_split([[5, 4]], [0]))

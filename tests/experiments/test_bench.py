@@ -78,3 +78,122 @@ def test_ddp_scaling_runs_one_and_two_processes(tmp_path: Path, tiny_run: dict[s
     assert set(results) == {"plain x1", "plain x2"}
     assert results["plain x1"]["steps"] == results["plain x2"]["steps"] == 4
     assert all(row["seconds"] > 0 for row in results.values())
+
+
+# --- robustness.py ---------------------------------------------------------------------------------------
+
+
+def _tiny_checkpoints(root: Path, tokenizer: Any, seeds: dict[str, int]) -> dict[str, Path]:
+    from tests.mt_dnn.conftest import save_tiny_checkpoint
+
+    return {
+        name: save_tiny_checkpoint(root / name / "best", tokenizer, seed=seed) for name, seed in seeds.items()
+    }
+
+
+def _clean_accuracy(checkpoint: Path, split_dir: Path) -> float:
+    from data_utils.cache import load_split
+    from data_utils.dataset import Collator, TaskDataset
+    from mt_dnn.inference import evaluate
+    from mt_dnn.model import MTDNNModel
+
+    model = MTDNNModel.load(checkpoint)
+    task_def = model.task_defs["single"]
+    dataset = TaskDataset(task_def, load_split(split_dir))
+    return evaluate(model, dataset, Collator(model.task_defs, pad_token_id=0), batch_size=8).metrics["acc"]
+
+
+def test_robustness_attacks_checkpoints_and_writes_curves_and_plot(
+    tmp_path: Path, tiny_run: dict[str, Any], tiny_tokenizer: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from experiments.bench import robustness
+    from experiments.quality.robustness import load_robustness
+
+    checkpoints = _tiny_checkpoints(tmp_path / "ckpt", tiny_tokenizer, {"plain": 0, "smart": 1})
+    split_dir = Path(tiny_run["data_dir"]) / "single_dev"
+    out = tmp_path / "attack"
+    document = robustness.main(
+        [
+            "--checkpoint", f"plain={checkpoints['plain']}", "--checkpoint", f"smart={checkpoints['smart']}",
+            "--split_dir", str(split_dir), "--task", "single", "--radii", "0,0.5,3", "--steps", "3",
+            "--output_dir", str(out), "--threads", "1",
+        ]
+    )  # fmt: skip
+    curves = load_robustness(out / robustness.OUTPUT_JSON)
+    assert curves.radii == (0.0, 0.5, 3.0) and set(curves.methods) == {"plain", "smart"}
+    assert (out / robustness.OUTPUT_PNG).stat().st_size > 1000
+    for method, checkpoint in checkpoints.items():
+        # radius 0 is the clean model's accuracy; a strong attack does not raise it
+        assert curves.methods[method][0] == pytest.approx(_clean_accuracy(checkpoint, split_dir), abs=1e-9)
+        assert curves.methods[method][2] <= curves.methods[method][0]
+    assert document["runs"][0]["rows"] == 16 and document["attack"]["steps"] == 3
+    assert "mean word-embedding norm" in capsys.readouterr().out
+
+
+def test_robustness_from_grid_results_averages_the_seeds_of_a_method(
+    tmp_path: Path, tiny_run: dict[str, Any], tiny_tokenizer: Any
+) -> None:
+    from experiments.bench import robustness
+    from experiments.quality.results import ResultRow, append_row
+
+    checkpoints = _tiny_checkpoints(tmp_path / "runs", tiny_tokenizer, {"s1": 0, "s2": 1, "other": 2})
+    results = tmp_path / "results.jsonl"
+    for checkpoint, (method, seed, task) in zip(
+        checkpoints.values(),
+        [("plain", 1, "single"), ("plain", 2, "single"), ("plain", 1, "pair")],
+        strict=True,
+    ):
+        row = ResultRow(
+            regime="single", method=method, task=task, n_train=16, seed=seed, metric="acc", dev=50.0, test=None,
+            dev_metrics={}, test_metrics={}, steps=1, timed_steps=1, train_step_seconds=1.0, wall_seconds=1.0,
+            resumed=False, out_dir=str(checkpoint.parent), flags=[],
+            train_argv=["--data_dir", tiny_run["data_dir"], "--output_dir", str(checkpoint.parent)],
+        )  # fmt: skip
+        append_row(results, row)
+    document = robustness.main(
+        [
+            "--results", str(results), "--task", "single", "--split", "dev", "--radii", "0,1", "--steps", "2",
+            "--max_rows", "10", "--output_dir", str(tmp_path / "attack"),
+        ]
+    )  # fmt: skip
+    runs = document["runs"]
+    assert [(run["method"], run["seed"]) for run in runs] == [
+        ("plain", 1),
+        ("plain", 2),
+    ]  # the pair row is out
+    assert all(run["rows"] == 10 for run in runs)
+    expected = [(a + b) / 2 for a, b in zip(runs[0]["scores"], runs[1]["scores"], strict=True)]
+    assert document["methods"] == {"plain": pytest.approx(expected)}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--checkpoint", "no-equals-sign", "--split_dir", "x"], "expected METHOD=DIR"),
+        (["--checkpoint", "plain=CKPT"], "needs --split_dir"),
+        (["--checkpoint", "plain=CKPT", "--split_dir", "SPLIT", "--task", "nope"], "no task 'nope'"),
+        (["--checkpoint", "plain=missing", "--split_dir", "SPLIT"], "not a checkpoint"),
+    ],
+)
+def test_robustness_user_mistakes_are_one_line_errors(
+    extra: list[str],
+    message: str,
+    tmp_path: Path,
+    tiny_run: dict[str, Any],
+    tiny_tokenizer: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from experiments.bench import robustness
+
+    checkpoint = _tiny_checkpoints(tmp_path / "ckpt", tiny_tokenizer, {"plain": 0})["plain"]
+    split_dir = Path(tiny_run["data_dir"]) / "single_dev"
+    argv = [item.replace("CKPT", str(checkpoint)).replace("SPLIT", str(split_dir)) for item in extra]
+    if "--task" not in argv:
+        argv += ["--task", "single"]
+    capsys.readouterr()  # what saving the checkpoint printed
+    with pytest.raises(SystemExit) as exit_info:
+        robustness.main([*argv, "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and message in error and "\n" not in error
+    assert not (tmp_path / "out").exists()

@@ -20,7 +20,7 @@ import yaml
 from data_utils.cache import load_split
 from experiments.quality import run_grid
 from experiments.quality.data import first_of_permutation, train_subsample
-from experiments.quality.grid import Regime, load_grid
+from experiments.quality.grid import Regime, check_train_flags, load_grid
 from experiments.quality.results import FIELDS, read_results
 from experiments.quality.runs import LOG_FILE
 from tests.conftest import TINY_WORDS
@@ -346,6 +346,18 @@ def test_shipped_grids_load(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     grid = load_grid(ROOT / "experiments" / "quality" / name)
     assert {"plain", "smart"} <= set(grid.methods) and len(grid.seeds) >= 3 and len(grid.tasks) >= 2
     assert grid.methods["plain"] == () and "--adv_train" in grid.methods["smart"]
+
+
+def test_robustness_grid_trains_every_method_and_keeps_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    from module.adversarial import AdversarialMethodName
+
+    monkeypatch.chdir(ROOT)
+    grid = load_grid(ROOT / "experiments" / "quality" / "grid_robustness.yml")
+    check_train_flags(grid)
+    assert grid.keep_checkpoints and grid.methods["plain"] == ()
+    others = {name for name in AdversarialMethodName} - {AdversarialMethodName.SMART}
+    assert {flags[-1] for flags in grid.methods.values() if "--adv_method" in flags} == others
+    assert "--adv_train" in grid.methods["smart"]
 
 
 # ---------------------------------------------------------------------------------------------- real train.py
