@@ -18,15 +18,26 @@ final branch, about twice a plain one), and ``bound`` is the measured step time 
 ``smart-pytorch`` (pip install --no-deps smart-pytorch==0.0.4) is the reference: its SMARTLoss with K=1 on
 the word-embedding output, fed back through ``inputs_embeds``; skipped when the package is missing.
 
+``--memory`` measures peak memory instead: every mode in a process of its own runs ``--warmup + --steps``
+optimizer steps from a fresh peak; on CUDA the peak allocated memory, on CPU the peak resident set (Linux's
+high-water mark, reset before the first step), both also as the rise over what the process held before its
+first step (model, batch, libraries; the rise includes AdamW's state and the gradients) and that rise over
+plain's.
+
     python experiments/bench/adv_speed.py [--steps 5] [--warmup 1] [--batch_size 16] [--seq_len 128]
-        [--threads 2] [--device cpu|cuda] [--bf16] [--tiny]
+        [--threads 2] [--device cpu|cuda] [--bf16] [--tiny] [--memory]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import importlib.util
+import json
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -234,6 +245,117 @@ def smart_pytorch_loss(model: MTDNNModel, batch: Batch) -> Callable[[], Tensor] 
     return loss
 
 
+def _proc_status_mb(key: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_memory(device: torch.device) -> float:
+    """Start a new peak (CUDA: allocator stats; Linux: the resident-set high-water mark, by writing 5 to
+    /proc/self/clear_refs) and return the memory in use now, in MB."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20
+    # Where this cannot be written, the peak below may include what loading the model took.
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+    current = _proc_status_mb("VmRSS")
+    return current if current is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated memory on CUDA, else the peak resident set since ``reset_peak_memory``."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = _proc_status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_steps(
+    model: MTDNNModel, batch: Batch, device: torch.device, amp: torch.autocast, names: set[str] | None = None
+) -> dict[str, Callable[[], None]]:
+    """One optimizer-step function per mode (``names``: only those), each with an optimizer of its own."""
+    steps: dict[str, Callable[[], None]] = {}
+    for mode in MODES:
+        if names is None or mode.name in names:
+            config = TrainConfig(train_datasets=[TASK], **mode.options)  # type: ignore[arg-type]
+            objective = TrainingObjective(model, config, total_steps=1000)
+            steps[mode.name] = objective_step(model, objective, batch, optimizer_for(model, device), amp)
+    if names is None or REFERENCE in names:
+        reference = smart_pytorch_loss(model, batch)
+        if reference is not None:
+            steps[REFERENCE] = step_fn(model, reference, optimizer_for(model, device), amp)
+    return steps
+
+
+def measure_memory_here(
+    args: argparse.Namespace, model: MTDNNModel, batch: Batch, amp: torch.autocast
+) -> None:
+    """The child of ``--memory``: one mode's steps, then its memory figures as one JSON line."""
+    device = torch.device(args.device)
+    steps = build_steps(model, batch, device, amp, {args.memory_mode})
+    if args.memory_mode not in steps:
+        raise SystemExit(f"unknown or unavailable mode {args.memory_mode!r}")
+    before = reset_peak_memory(device)
+    for _ in range(args.warmup + args.steps):
+        steps[args.memory_mode]()
+    sync(device)
+    print(json.dumps({"mode": args.memory_mode, "before_mb": before, "peak_mb": peak_memory_mb(device)}))
+
+
+def measure_memory(argv: list[str], names: list[str]) -> dict[str, dict[str, float]]:
+    """Run every mode in a child process of its own and collect its figures."""
+    figures: dict[str, dict[str, float]] = {}
+    for name in names:
+        completed = subprocess.run(
+            [sys.executable, __file__, *argv, "--memory_mode", name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
+        if completed.returncode != 0 or not lines:
+            tail = (completed.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"{name}: failed ({tail})")
+            continue
+        figures[name] = json.loads(lines[-1])
+    return figures
+
+
+def print_memory(figures: dict[str, dict[str, float]], device: torch.device) -> None:
+    what = "peak allocated MB" if device.type == "cuda" else "peak RSS MB"
+    plain = figures.get("plain")
+    plain_rise = plain["peak_mb"] - plain["before_mb"] if plain else None
+    print(f"\n{'mode':<22} {what:>18} {'step rise MB':>13} {'x plain rise':>13}")
+    for name, row in figures.items():
+        rise = row["peak_mb"] - row["before_mb"]
+        ratio = f"{rise / plain_rise:13.2f}" if plain_rise else f"{'':>13}"
+        print(f"{name:<22} {row['peak_mb']:18.0f} {rise:13.0f} {ratio}")
+
+
+REFERENCE = "smart-pytorch K=1"
+
+
+def _without_memory_flags(argv: list[str]) -> list[str]:
+    """The parent's arguments for a child: the shape and device flags, not --memory or --modes."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--modes":
+            skip = True
+        elif arg != "--memory" and not arg.startswith("--modes="):
+            kept.append(arg)
+    return kept
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5)
@@ -244,25 +366,41 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="torch.autocast(bfloat16) around the forwards")
     parser.add_argument("--tiny", action="store_true", help="a tiny random encoder (a smoke run)")
+    parser.add_argument("--memory", action="store_true", help="peak memory per mode instead of step time")
+    parser.add_argument(
+        "--modes", help="with --memory: comma-separated mode names to measure (default: every mode)"
+    )
+    parser.add_argument("--memory_mode", help=argparse.SUPPRESS)  # the child process of --memory
     args = parser.parse_args(argv)
+    if args.memory:
+        names = [mode.name for mode in MODES]
+        if importlib.util.find_spec("smart_pytorch") is not None:
+            names.append(REFERENCE)
+        if args.modes:
+            wanted = [name.strip() for name in args.modes.split(",")]
+            unknown = [name for name in wanted if name not in names]
+            if unknown:
+                parser.error(f"--modes: unknown mode {unknown[0]!r} (modes: {', '.join(names)})")
+            names = wanted
+        child_argv = _without_memory_flags(sys.argv[1:] if argv is None else argv)
+        figures = measure_memory(child_argv, names)
+        print_memory(figures, torch.device(args.device))
+        return {name: row["peak_mb"] for name, row in figures.items()}
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
     model = build_model(args.tiny, seed=0).to(device).train()
     batch = make_batch(model, args.batch_size, args.seq_len, device)
+    if args.memory_mode:
+        measure_memory_here(args, model, batch, amp)
+        return {}
     print(
         f"device {device} ({torch.get_num_threads()} threads), batch {args.batch_size} x {args.seq_len}, "
         f"{'bf16' if args.bf16 else 'fp32'}, {args.steps} timed steps after {args.warmup} warm-up"
     )
     steps: dict[str, Callable[[], None]] = dict(pass_steps(model, batch, amp))
-    for mode in MODES:
-        config = TrainConfig(train_datasets=[TASK], **mode.options)  # type: ignore[arg-type]
-        objective = TrainingObjective(model, config, total_steps=1000)
-        steps[mode.name] = objective_step(model, objective, batch, optimizer_for(model, device), amp)
-    reference = smart_pytorch_loss(model, batch)
-    if reference is not None:
-        steps["smart-pytorch K=1"] = step_fn(model, reference, optimizer_for(model, device), amp)
+    steps.update(build_steps(model, batch, device, amp))
     seconds = interleaved_medians(steps, args.steps, args.warmup, device)
 
     forward = seconds.pop("pass F")
@@ -281,15 +419,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             bounds[mode.name] = seconds["plain"] + (k + 1) * forward + k * delta_backward + backward
             if mode.bregman:
                 bounds[mode.name] += forward  # the teacher's forward has no graph: an upper estimate
-    if reference is not None:
-        bounds["smart-pytorch K=1"] = bounds["SMART K=1"]
+    if REFERENCE in seconds:
+        bounds[REFERENCE] = bounds["SMART K=1"]
 
     plain = seconds["plain"]
     print(f"\n{'mode':<22} {'s/step':>8} {'x plain':>8} {'x bound':>8}")
     for name, value in seconds.items():
         bound = f"{value / bounds[name]:8.2f}" if name in bounds else f"{'':>8}"
         print(f"{name:<22} {value:8.3f} {value / plain:8.2f} {bound}")
-    if reference is None:
+    if REFERENCE not in seconds:
         print("smart-pytorch: not installed (pip install --no-deps smart-pytorch==0.0.4) - reference skipped")
     return seconds
 

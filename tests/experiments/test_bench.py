@@ -49,6 +49,20 @@ def test_adv_speed_runs_every_mode(capsys: pytest.CaptureFixture[str]) -> None:
     assert "x plain" in printed and "SMART K=1 + Bregman" in printed
 
 
+def test_adv_speed_memory_measures_every_mode_in_a_process_of_its_own(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two modes (every child imports torch and transformers): a single-backward and a backward-owning one."""
+    peaks = adv_speed.main(
+        ["--tiny", "--memory", "--modes", "plain,FreeLB K=2", "--steps", "1", "--warmup", "0", "--threads", "1",
+         "--batch_size", "4", "--seq_len", "16"]
+    )  # fmt: skip
+    assert set(peaks) == {"plain", "FreeLB K=2"}
+    assert all(value > 0 for value in peaks.values())
+    printed = capsys.readouterr().out
+    assert "step rise MB" in printed and "failed" not in printed
+
+
 def test_throughput_runs_on_a_tiny_encoder(tmp_path: Path, tiny_run: dict[str, Any]) -> None:
     """HF loop vs ours plain vs ours SMART, end to end in subprocesses, on banking77-shaped rows."""
     data = tmp_path / "demo"
