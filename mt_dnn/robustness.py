@@ -113,7 +113,8 @@ def robustness_curve(
     """The task's metrics (0-100 scale) on ``dataset`` under each attack, in order."""
     curve = []
     for attack in attacks:
-        perturbation = attack_perturbation(model, dataset.task_def, attack)
+        # Radius 0 is the clean model exactly (tested): skip the attack's passes.
+        perturbation = attack_perturbation(model, dataset.task_def, attack) if attack.epsilon > 0 else None
         result = evaluate(
             model, dataset, collator, batch_size=batch_size, device=device, perturbation=perturbation
         )

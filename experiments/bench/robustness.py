@@ -10,14 +10,18 @@ a grid of radii, one curve per method; writes ``robustness.json`` and ``robustne
 
 With ``--results``, every row of the task whose ``best/`` checkpoint was kept is attacked on the split the run
 was scored on (``--split test|dev``, from the run's own ``--data_dir``); several seeds of one method give its
-mean curve (each run's own curve is in the JSON too). The attack is ``mt_dnn.robustness``: eval mode, PGD
-against the gold labels, l2 per token by default, radii printed also as a fraction of the mean norm of a
-word-embedding row. ``robustness.json`` is what ``experiments/quality/report.py --robustness`` plots.
+mean curve (each run's own curve is in the JSON too). Run it again with the same settings after a kill, or
+after more models were trained: the runs already in ``robustness.json`` are kept, not redone.
+
+The attack is ``mt_dnn.robustness``: eval mode, PGD against the gold labels, l2 per token by default, radii
+printed also as a fraction of the mean norm of a word-embedding row. ``robustness.json`` is what
+``experiments/quality/report.py --robustness`` plots.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -185,31 +189,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         targets = targets_from_results(args.results, args.task, args.split)
     else:
         targets = targets_from_flags(args.checkpoint, args.split_dir)
-    runs = []
+    settings = {
+        "task": args.task, "radii": list(args.radii), "kind": "pgd", "steps": args.steps,
+        "step_size": "2.5 * radius / steps", "p_norm": args.p_norm, "norm_level": args.norm_level,
+        "max_rows": args.max_rows, "sample_seed": args.seed,
+    }  # fmt: skip
+    json_path = args.output_dir / OUTPUT_JSON
+    done = finished_runs(json_path, settings)
+    runs: list[dict[str, Any]] = []
     for target in targets:
-        run = attack_one(target, args)
+        run = done.get((str(target.checkpoint), str(target.split_dir)))
+        if run is None:
+            run = attack_one(target, args)
         runs.append(run)
+        args.output_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to write
+        atomic_write_json(json_path, curves_document(settings, runs))  # a kill loses at most one run
         seed = "" if target.seed is None else f" seed {target.seed}"
         scores = "  ".join(f"{score:.1f}" for score in run["scores"])
         print(
             f"{target.method}{seed}: {run['metric']} {scores}  ({run['rows']} rows, {run['seconds']:.0f} s)"
         )
-    norm = runs[0]["embedding_norm"]
-    document = {
-        "task": args.task,
-        "metric": runs[0]["metric"],
-        "radii": list(args.radii),
-        "methods": mean_curves(runs),
-        "attack": {
-            "kind": "pgd", "steps": args.steps, "step_size": "2.5 * radius / steps",
-            "p_norm": args.p_norm, "norm_level": args.norm_level, "rows": runs[0]["rows"],
-        },
-        "embedding_norm": norm,
-        "runs": runs,
-    }  # fmt: skip
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    json_path = args.output_dir / OUTPUT_JSON
-    atomic_write_json(json_path, document)
+    document = curves_document(settings, runs)
     curves = load_robustness(json_path)
     plots.robustness(curves, plots.colours(list(curves.methods)), args.output_dir / OUTPUT_PNG)
     print_table(document)
@@ -217,12 +217,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return document
 
 
+def curves_document(settings: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """``robustness.json``: the mean curve per method (the report's keys), the settings and every run."""
+    return {
+        "task": settings["task"],
+        "metric": runs[0]["metric"],
+        "radii": settings["radii"],
+        "methods": mean_curves(runs),
+        "embedding_norm": runs[0]["embedding_norm"],
+        "rows": runs[0]["rows"],
+        "settings": settings,
+        "runs": runs,
+    }
+
+
+def finished_runs(path: Path, settings: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The runs of an earlier ``robustness.json`` made with the same settings, by (checkpoint, split folder):
+    run again after a kill (or after more checkpoints were trained), the finished ones are not redone."""
+    if not path.is_file():
+        return {}
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return {}
+    if not isinstance(document, dict) or document.get("settings") != settings:
+        return {}
+    return {(run["checkpoint"], run["split_dir"]): run for run in document.get("runs", [])}
+
+
 def print_table(document: dict[str, Any]) -> None:
     norm = document["embedding_norm"]
     radii = document["radii"]
     header = "".join(f"{radius:>9g}" for radius in radii)
-    print(f"\n{document['task']} {document['metric']} vs radius ({document['attack']['p_norm']} per "
-          f"{document['attack']['norm_level']}; mean word-embedding norm {norm:.3f})")  # fmt: skip
+    settings = document["settings"]
+    print(f"\n{document['task']} {document['metric']} vs radius ({settings['p_norm']} per "
+          f"{settings['norm_level']}, PGD {settings['steps']} steps, {document['rows']} rows; mean "
+          f"word-embedding norm {norm:.3f})")  # fmt: skip
     print(f"{'method':<12}{header}")
     print(f"{'(x norm)':<12}" + "".join(f"{radius / norm:>9.3f}" for radius in radii))
     for method, scores in document["methods"].items():

@@ -126,13 +126,12 @@ def test_robustness_attacks_checkpoints_and_writes_curves_and_plot(
     checkpoints = _tiny_checkpoints(tmp_path / "ckpt", tiny_tokenizer, {"plain": 0, "smart": 1})
     split_dir = Path(tiny_run["data_dir"]) / "single_dev"
     out = tmp_path / "attack"
-    document = robustness.main(
-        [
-            "--checkpoint", f"plain={checkpoints['plain']}", "--checkpoint", f"smart={checkpoints['smart']}",
-            "--split_dir", str(split_dir), "--task", "single", "--radii", "0,0.5,3", "--steps", "3",
-            "--output_dir", str(out), "--threads", "1",
-        ]
-    )  # fmt: skip
+    argv = [
+        "--checkpoint", f"plain={checkpoints['plain']}", "--checkpoint", f"smart={checkpoints['smart']}",
+        "--split_dir", str(split_dir), "--task", "single", "--radii", "0,0.5,3", "--steps", "3",
+        "--output_dir", str(out), "--threads", "1",
+    ]  # fmt: skip
+    document = robustness.main(argv)
     curves = load_robustness(out / robustness.OUTPUT_JSON)
     assert curves.radii == (0.0, 0.5, 3.0) and set(curves.methods) == {"plain", "smart"}
     assert (out / robustness.OUTPUT_PNG).stat().st_size > 1000
@@ -140,8 +139,13 @@ def test_robustness_attacks_checkpoints_and_writes_curves_and_plot(
         # radius 0 is the clean model's accuracy; a strong attack does not raise it
         assert curves.methods[method][0] == pytest.approx(_clean_accuracy(checkpoint, split_dir), abs=1e-9)
         assert curves.methods[method][2] <= curves.methods[method][0]
-    assert document["runs"][0]["rows"] == 16 and document["attack"]["steps"] == 3
+    assert document["runs"][0]["rows"] == 16 and document["settings"]["steps"] == 3
     assert "mean word-embedding norm" in capsys.readouterr().out
+    # Run again with one more checkpoint: the two finished runs are kept as they are, the new one is added.
+    extra = _tiny_checkpoints(tmp_path / "ckpt", tiny_tokenizer, {"fgm": 2})["fgm"]
+    again = robustness.main([*argv, "--checkpoint", f"fgm={extra}"])
+    assert again["runs"][:2] == document["runs"] and again["runs"][2]["method"] == "fgm"
+    assert set(again["methods"]) == {"plain", "smart", "fgm"}
 
 
 def test_robustness_from_grid_results_averages_the_seeds_of_a_method(
