@@ -19,7 +19,8 @@ are exchanged with ``torch.distributed.all_gather_object``, so every rank return
 ``perturbation`` scores the model under attack: for each batch it returns a tensor that is added to the output
 of the model's ``perturbation_target()`` (the word embeddings) for the scoring forward
 (``mt_dnn.robustness`` builds one from PGD). Such a run uses ``torch.no_grad`` instead of inference mode,
-so that the perturbation can take gradients under ``torch.enable_grad``.
+so that the perturbation can take gradients under ``torch.enable_grad``; the perturbation runs outside
+``autocast_dtype``'s autocast (only the scoring forward is under it).
 """
 
 from __future__ import annotations
@@ -130,6 +131,8 @@ def predict(
         raise ValueError(f"task '{dataset.task_def.name}' is mask_lm: predict needs masking=MaskingSpec")
     if dataset.task_def.task_type is TaskType.MASK_LM and perturbation is not None:
         raise ValueError(f"task '{dataset.task_def.name}' is mask_lm: predict takes no perturbation for it")
+    if perturbation is not None and torch.is_inference_mode_enabled():
+        raise ValueError("a perturbation takes gradients: call predict outside torch.inference_mode")
     if world_size > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         raise ValueError(f"world_size={world_size} needs an initialised torch.distributed process group")
     sampler = EvalBatchSampler(

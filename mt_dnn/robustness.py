@@ -14,21 +14,28 @@ sentence length.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from data_utils.dataset import Batch, Collator, TaskDataset
 from data_utils.enums import TaskType
 from data_utils.task_def import TaskDef
 from module.adversarial import PGD, AdversarialBatch, NormLevel, PGDConfig, PNorm
 from module.losses import task_loss
-from mt_dnn.inference import BatchPerturbation, evaluate
+from mt_dnn.inference import evaluate
 from mt_dnn.model import MTDNNModel
 
-__all__ = ["EmbeddingAttack", "attack_perturbation", "embedding_norm", "robustness_curve"]
+__all__ = [
+    "CurvePoint",
+    "EmbeddingAttack",
+    "PGDPerturbation",
+    "embedding_norm",
+    "robustness_curve",
+]
 
 
 @dataclass(frozen=True)
@@ -61,20 +68,34 @@ class EmbeddingAttack:
         )
 
 
-def attack_perturbation(model: MTDNNModel, task_def: TaskDef, attack: EmbeddingAttack) -> BatchPerturbation:
-    """For ``mt_dnn.inference.predict``: a labelled batch -> its PGD perturbation of the word embeddings."""
-    if task_def.task_type is TaskType.MASK_LM:
-        raise ValueError(f"task '{task_def.name}' is mask_lm: the attack scores classification-type tasks")
-    pgd = PGD(model.perturbation_target(), attack.pgd_config)
-    ranking = task_def.task_type is TaskType.RANKING
+class PGDPerturbation:
+    """For ``mt_dnn.inference.predict`` (which runs the model in eval mode): a labelled batch -> its PGD
+    perturbation of the word embeddings. A batch whose attack gradient is not finite gets no perturbation
+    (PGD's own rule); ``skipped_batches`` counts them, so a robust score is never silently a clean one.
 
-    def perturbation(batch: Batch) -> Tensor:
+    PGD also runs the perturbed pass once with its graph, which the scoring forward then repeats: K + 2
+    forwards a batch instead of K + 1, the price of reusing the training method as it is.
+    """
+
+    def __init__(self, model: MTDNNModel, task_def: TaskDef, attack: EmbeddingAttack) -> None:
+        if task_def.task_type is TaskType.MASK_LM:
+            raise ValueError(
+                f"task '{task_def.name}' is mask_lm: the attack scores classification-type tasks"
+            )
+        self.model = model
+        self.task_def = task_def
+        self.pgd = PGD(model.perturbation_target(), attack.pgd_config)
+        self.skipped_batches = 0
+
+    def __call__(self, batch: Batch) -> Tensor:
+        task_def = self.task_def
         if batch.labels is None:
             raise ValueError(f"task '{task_def.name}': the attack needs gold labels, the split has none")
         labels = batch.labels
+        mask = batch.candidate_mask if task_def.task_type is TaskType.RANKING else None
 
         def run() -> Tensor:
-            return model(
+            return self.model(
                 batch.task,
                 batch.input_ids,
                 batch.attention_mask,
@@ -83,14 +104,21 @@ def attack_perturbation(model: MTDNNModel, task_def: TaskDef, attack: EmbeddingA
             )
 
         def loss(outputs: Tensor) -> Tensor:
-            return task_loss(task_def.loss, outputs, labels, mask=batch.candidate_mask if ranking else None)
+            return task_loss(task_def.loss, outputs, labels, mask=mask)
 
         with torch.enable_grad():
-            step = pgd(AdversarialBatch(run=run, loss=loss, token_mask=batch.attention_mask))
+            step = self.pgd(AdversarialBatch(run=run, loss=loss, token_mask=batch.attention_mask))
         assert step.delta is not None
+        self.skipped_batches += int(step.stats["adv_skipped"].item())
         return step.delta
 
-    return perturbation
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """The metrics (0-100 scale) under one attack, and the batches whose attack had to be skipped."""
+
+    metrics: dict[str, float]
+    skipped_batches: int = 0
 
 
 def embedding_norm(model: MTDNNModel) -> float:
@@ -109,14 +137,31 @@ def robustness_curve(
     *,
     batch_size: int,
     device: torch.device | str = "cpu",
-) -> list[dict[str, float]]:
-    """The task's metrics (0-100 scale) on ``dataset`` under each attack, in order."""
+) -> list[CurvePoint]:
+    """The task's metrics on ``dataset`` under each attack, in order. The model runs in eval mode; its modes
+    and its parameters' ``requires_grad`` are restored afterwards, and no ``.grad`` is written."""
     curve = []
-    for attack in attacks:
-        # Radius 0 is the clean model exactly (tested): skip the attack's passes.
-        perturbation = attack_perturbation(model, dataset.task_def, attack) if attack.epsilon > 0 else None
-        result = evaluate(
-            model, dataset, collator, batch_size=batch_size, device=device, perturbation=perturbation
-        )
-        curve.append(result.metrics)
+    with _parameters_frozen(
+        model
+    ):  # the attack needs gradients for delta only: keep no weight-gradient state
+        for attack in attacks:
+            # Radius 0 is the clean model exactly (tested): skip the attack's passes.
+            perturbation = PGDPerturbation(model, dataset.task_def, attack) if attack.epsilon > 0 else None
+            result = evaluate(
+                model, dataset, collator, batch_size=batch_size, device=device, perturbation=perturbation
+            )
+            skipped = perturbation.skipped_batches if perturbation is not None else 0
+            curve.append(CurvePoint(result.metrics, skipped))
     return curve
+
+
+@contextlib.contextmanager
+def _parameters_frozen(model: nn.Module) -> Iterator[None]:
+    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    try:
+        for parameter, _ in flags:
+            parameter.requires_grad_(False)
+        yield
+    finally:
+        for parameter, requires_grad in flags:
+            parameter.requires_grad_(requires_grad)

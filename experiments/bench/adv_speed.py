@@ -366,13 +366,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="torch.autocast(bfloat16) around the forwards")
     parser.add_argument("--tiny", action="store_true", help="a tiny random encoder (a smoke run)")
-    parser.add_argument("--memory", action="store_true", help="peak memory per mode instead of step time")
+    parser.add_argument(
+        "--memory", action="store_true", help="peak memory per mode instead of step time (returns each rise)"
+    )
     parser.add_argument(
         "--modes", help="with --memory: comma-separated mode names to measure (default: every mode)"
     )
     parser.add_argument("--memory_mode", help=argparse.SUPPRESS)  # the child process of --memory
     args = parser.parse_args(argv)
-    if args.memory:
+    if args.memory and not args.memory_mode:
         names = [mode.name for mode in MODES]
         if importlib.util.find_spec("smart_pytorch") is not None:
             names.append(REFERENCE)
@@ -385,7 +387,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         child_argv = _without_memory_flags(sys.argv[1:] if argv is None else argv)
         figures = measure_memory(child_argv, names)
         print_memory(figures, torch.device(args.device))
-        return {name: row["peak_mb"] for name, row in figures.items()}
+        if len(figures) < len(names):
+            raise SystemExit(f"{len(names) - len(figures)} of {len(names)} modes failed (see above)")
+        return {name: row["peak_mb"] - row["before_mb"] for name, row in figures.items()}
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)

@@ -5,13 +5,15 @@ a grid of radii, one curve per method; writes ``robustness.json`` and ``robustne
     python experiments/quality/run_grid.py --grid experiments/quality/grid_robustness.yml \\
         --output_dir out/robust
     python experiments/bench/robustness.py --results out/robust/results.jsonl --task banking77 \\
-        --output_dir out/robust/attack [--radii 0,0.05,0.1,0.2,0.4] [--steps 5] [--max_rows 500]
+        --output_dir out/robust/attack [--radii 0,0.01,0.02,0.05,0.1] [--steps 5] [--max_rows 300]
     # or any checkpoints: --checkpoint plain=DIR --checkpoint smart=DIR --split_dir DATA/banking77_test
 
 With ``--results``, every row of the task whose ``best/`` checkpoint was kept is attacked on the split the run
 was scored on (``--split test|dev``, from the run's own ``--data_dir``); several seeds of one method give its
-mean curve (each run's own curve is in the JSON too). Run it again with the same settings after a kill, or
-after more models were trained: the runs already in ``robustness.json`` are kept, not redone.
+mean curve (each run's own curve is in the JSON too); ``--regime`` picks the grid's regime (default single).
+Run it again with the same attack settings after a kill, or after more models were trained: the targets
+already attacked in ``robustness.json`` are taken from it, not redone (a file made with other settings is
+replaced).
 
 The attack is ``mt_dnn.robustness``: eval mode, PGD against the gold labels, l2 per token by default, radii
 printed also as a fraction of the mean norm of a word-embedding row. ``robustness.json`` is what
@@ -73,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--split", choices=("test", "dev"), default="test", help="with --results (default test)"
     )
-    parser.add_argument("--radii", type=_radii, default=_radii("0,0.05,0.1,0.2,0.4"))
+    parser.add_argument("--regime", default="single", help="with --results: the grid regime (default single)")
+    parser.add_argument("--radii", type=_radii, default=_radii("0,0.01,0.02,0.05,0.1"))
     parser.add_argument("--steps", type=int, default=5, help="PGD ascent steps (default 5)")
     parser.add_argument("--p_norm", choices=("l2", "inf", "l1"), default="l2")
     parser.add_argument("--norm_level", choices=("token", "sentence"), default="token")
@@ -86,20 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def targets_from_results(path: Path, task: str, split: str) -> list[Target]:
+def targets_from_results(path: Path, task: str, split: str, regime: str) -> list[Target]:
     from experiments.quality.results import read_results
     from mt_dnn.model import is_checkpoint
 
     targets = []
     for row in read_results(path):
         checkpoint = Path(row.out_dir) / "best"
-        if row.task != task or not is_checkpoint(checkpoint):
+        if row.task != task or row.regime != regime or not is_checkpoint(checkpoint):
             continue
         data_dir = Path(row.train_argv[row.train_argv.index("--data_dir") + 1])
         targets.append(Target(row.method, checkpoint, data_dir / f"{task}_{split}", row.seed))
     if not targets:
         raise UserError(
-            f"{path}: no run of task '{task}' with a kept best/ checkpoint "
+            f"{path}: no {regime} run of task '{task}' with a kept best/ checkpoint "
             "(set the grid key 'keep_checkpoints: true')"
         )
     return targets
@@ -121,6 +124,7 @@ def attack_one(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     """The target's metrics at every radius (and what was attacked), as a JSON-ready dict."""
     from data_utils.cache import load_split
     from data_utils.dataset import Collator, TaskDataset
+    from data_utils.enums import TaskType
     from mt_dnn.model import MTDNNModel, is_checkpoint, load_tokenizer, quiet_loading
     from mt_dnn.robustness import EmbeddingAttack, embedding_norm, robustness_curve
 
@@ -133,7 +137,14 @@ def attack_one(target: Target, args: argparse.Namespace) -> dict[str, Any]:
             f"{target.checkpoint}: no task '{args.task}' (its tasks: {', '.join(model.task_defs)})"
         )
     task_def = model.task_defs[args.task]
-    dataset = TaskDataset(task_def, load_split(target.split_dir))
+    if task_def.task_type is TaskType.MASK_LM:
+        raise UserError(f"{target.checkpoint}: task '{args.task}' is mask_lm: the attack needs gold labels")
+    split = load_split(target.split_dir)
+    if not split.has_labels:
+        raise UserError(
+            f"{target.split_dir}: the split has no labels to attack (use a labelled dev/test split)"
+        )
+    dataset = TaskDataset(task_def, split)
     if args.max_rows and args.max_rows < len(dataset):
         rows = np.random.default_rng(args.seed).choice(len(dataset), args.max_rows, replace=False)
         dataset = dataset.subset(np.sort(rows))
@@ -144,12 +155,9 @@ def attack_one(target: Target, args: argparse.Namespace) -> dict[str, Any]:
         for radius in args.radii
     ]
     start = time.perf_counter()
-    try:
-        curve = robustness_curve(
-            model, dataset, collator, attacks, batch_size=args.batch_size, device=args.device
-        )
-    except ValueError as error:  # a mask_lm task, a split without labels
-        raise UserError(f"{target.split_dir}: {error}") from None
+    curve = robustness_curve(
+        model, dataset, collator, attacks, batch_size=args.batch_size, device=args.device
+    )
     metric = task_def.metrics[0].value
     return {
         "method": target.method,
@@ -159,8 +167,9 @@ def attack_one(target: Target, args: argparse.Namespace) -> dict[str, Any]:
         "rows": len(dataset),
         "metric": metric,
         "embedding_norm": embedding_norm(model),
-        "scores": [point[metric] for point in curve],
-        "metrics": curve,
+        "scores": [point.metrics[metric] for point in curve],
+        "metrics": [point.metrics for point in curve],
+        "skipped_batches": [point.skipped_batches for point in curve],  # non-finite attack gradient: clean
         "seconds": round(time.perf_counter() - start, 1),
     }
 
@@ -186,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.results is not None:
-        targets = targets_from_results(args.results, args.task, args.split)
+        targets = targets_from_results(args.results, args.task, args.split, args.regime)
     else:
         targets = targets_from_flags(args.checkpoint, args.split_dir)
     settings = {
@@ -198,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     done = finished_runs(json_path, settings)
     runs: list[dict[str, Any]] = []
     for target in targets:
-        run = done.get((str(target.checkpoint), str(target.split_dir)))
+        run = done.get((target.method, str(target.checkpoint), str(target.split_dir)))
         if run is None:
             run = attack_one(target, args)
         runs.append(run)
@@ -231,18 +240,22 @@ def curves_document(settings: dict[str, Any], runs: list[dict[str, Any]]) -> dic
     }
 
 
-def finished_runs(path: Path, settings: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-    """The runs of an earlier ``robustness.json`` made with the same settings, by (checkpoint, split folder):
-    run again after a kill (or after more checkpoints were trained), the finished ones are not redone."""
+RUN_KEYS = ("method", "checkpoint", "split_dir", "rows", "metric", "embedding_norm", "scores", "seconds")
+
+
+def finished_runs(path: Path, settings: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """The runs of an earlier ``robustness.json`` made with the same settings, by (method, checkpoint, split
+    folder); an unreadable file, or one made with other settings, gives none (it is then replaced)."""
     if not path.is_file():
         return {}
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
+    except (OSError, ValueError):
         return {}
     if not isinstance(document, dict) or document.get("settings") != settings:
         return {}
-    return {(run["checkpoint"], run["split_dir"]): run for run in document.get("runs", [])}
+    runs = [run for run in document.get("runs", []) if isinstance(run, dict) and set(RUN_KEYS) <= set(run)]
+    return {(run["method"], run["checkpoint"], run["split_dir"]): run for run in runs}
 
 
 def print_table(document: dict[str, Any]) -> None:

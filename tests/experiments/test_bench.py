@@ -55,10 +55,11 @@ def test_adv_speed_memory_measures_every_mode_in_a_process_of_its_own(
     """Two modes (every child imports torch and transformers): a single-backward and a backward-owning one."""
     peaks = adv_speed.main(
         ["--tiny", "--memory", "--modes", "plain,FreeLB K=2", "--steps", "1", "--warmup", "0", "--threads", "1",
-         "--batch_size", "4", "--seq_len", "16"]
+         "--batch_size", "16", "--seq_len", "64"]
     )  # fmt: skip
+    # The rise over what the process held before its first step (the step's activations, gradients, AdamW).
     assert set(peaks) == {"plain", "FreeLB K=2"}
-    assert all(value > 0 for value in peaks.values())
+    assert all(rise > 0 for rise in peaks.values())
     printed = capsys.readouterr().out
     assert "step rise MB" in printed and "failed" not in printed
 
@@ -118,7 +119,11 @@ def _clean_accuracy(checkpoint: Path, split_dir: Path) -> float:
 
 
 def test_robustness_attacks_checkpoints_and_writes_curves_and_plot(
-    tmp_path: Path, tiny_run: dict[str, Any], tiny_tokenizer: Any, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    tiny_run: dict[str, Any],
+    tiny_tokenizer: Any,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from experiments.bench import robustness
     from experiments.quality.robustness import load_robustness
@@ -141,11 +146,27 @@ def test_robustness_attacks_checkpoints_and_writes_curves_and_plot(
         assert curves.methods[method][2] <= curves.methods[method][0]
     assert document["runs"][0]["rows"] == 16 and document["settings"]["steps"] == 3
     assert "mean word-embedding norm" in capsys.readouterr().out
-    # Run again with one more checkpoint: the two finished runs are kept as they are, the new one is added.
+    assert all(run["skipped_batches"] == [0, 0, 0] for run in document["runs"])
+
+    attacked: list[str] = []
+    attack_one = robustness.attack_one
+
+    def counting(target: Any, args: Any) -> dict[str, Any]:
+        attacked.append(target.method)
+        return attack_one(target, args)
+
+    monkeypatch.setattr(robustness, "attack_one", counting)
+    # Run again with one more checkpoint: only that one is attacked, the finished runs are taken as they were.
     extra = _tiny_checkpoints(tmp_path / "ckpt", tiny_tokenizer, {"fgm": 2})["fgm"]
     again = robustness.main([*argv, "--checkpoint", f"fgm={extra}"])
+    assert attacked == ["fgm"]
     assert again["runs"][:2] == document["runs"] and again["runs"][2]["method"] == "fgm"
     assert set(again["methods"]) == {"plain", "smart", "fgm"}
+    # Another name for a checkpoint is another target; other attack settings redo every run.
+    robustness.main([*argv[:2], "--checkpoint", f"renamed={checkpoints['smart']}", *argv[4:]])
+    assert attacked == ["fgm", "renamed"]
+    robustness.main([*argv, "--steps", "2"])
+    assert attacked == ["fgm", "renamed", "plain", "smart"]
 
 
 def test_robustness_from_grid_results_averages_the_seeds_of_a_method(
@@ -161,13 +182,14 @@ def test_robustness_from_grid_results_averages_the_seeds_of_a_method(
         [("plain", 1, "single"), ("plain", 2, "single"), ("plain", 1, "pair")],
         strict=True,
     ):
-        row = ResultRow(
-            regime="single", method=method, task=task, n_train=16, seed=seed, metric="acc", dev=50.0, test=None,
-            dev_metrics={}, test_metrics={}, steps=1, timed_steps=1, train_step_seconds=1.0, wall_seconds=1.0,
-            resumed=False, out_dir=str(checkpoint.parent), flags=[],
-            train_argv=["--data_dir", tiny_run["data_dir"], "--output_dir", str(checkpoint.parent)],
-        )  # fmt: skip
-        append_row(results, row)
+        for regime in ("single", "mtl"):  # the mtl rows are another regime's: left out
+            row = ResultRow(
+                regime=regime, method=method, task=task, n_train=16, seed=seed, metric="acc", dev=50.0,
+                test=None, dev_metrics={}, test_metrics={}, steps=1, timed_steps=1, train_step_seconds=1.0,
+                wall_seconds=1.0, resumed=False, out_dir=str(checkpoint.parent), flags=[],
+                train_argv=["--data_dir", tiny_run["data_dir"], "--output_dir", str(checkpoint.parent)],
+            )  # fmt: skip
+            append_row(results, row)
     document = robustness.main(
         [
             "--results", str(results), "--task", "single", "--split", "dev", "--radii", "0,1", "--steps", "2",
@@ -191,6 +213,7 @@ def test_robustness_from_grid_results_averages_the_seeds_of_a_method(
         (["--checkpoint", "plain=CKPT"], "needs --split_dir"),
         (["--checkpoint", "plain=CKPT", "--split_dir", "SPLIT", "--task", "nope"], "no task 'nope'"),
         (["--checkpoint", "plain=missing", "--split_dir", "SPLIT"], "not a checkpoint"),
+        (["--checkpoint", "plain=CKPT", "--split_dir", "SPLIT_TEST"], "has no labels"),
     ],
 )
 def test_robustness_user_mistakes_are_one_line_errors(
@@ -204,8 +227,12 @@ def test_robustness_user_mistakes_are_one_line_errors(
     from experiments.bench import robustness
 
     checkpoint = _tiny_checkpoints(tmp_path / "ckpt", tiny_tokenizer, {"plain": 0})["plain"]
-    split_dir = Path(tiny_run["data_dir"]) / "single_dev"
-    argv = [item.replace("CKPT", str(checkpoint)).replace("SPLIT", str(split_dir)) for item in extra]
+    data = Path(tiny_run["data_dir"])
+    argv = [
+        item.replace("CKPT", str(checkpoint)).replace("SPLIT_TEST", str(data / "single_test"))
+        for item in extra
+    ]
+    argv = [item.replace("SPLIT", str(data / "single_dev")) for item in argv]
     if "--task" not in argv:
         argv += ["--task", "single"]
     capsys.readouterr()  # what saving the checkpoint printed

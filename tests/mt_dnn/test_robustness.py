@@ -16,7 +16,7 @@ from module.adversarial import add_to_output, norm
 from module.losses import task_loss
 from mt_dnn.inference import evaluate, predict
 from mt_dnn.model import MTDNNModel
-from mt_dnn.robustness import EmbeddingAttack, attack_perturbation, embedding_norm, robustness_curve
+from mt_dnn.robustness import EmbeddingAttack, PGDPerturbation, embedding_norm, robustness_curve
 from tests.mt_dnn.test_inference import make_dataset
 
 
@@ -59,7 +59,7 @@ def test_radius_zero_scores_exactly_the_clean_model(
     task_def = tiny_mtdnn_task_defs[task]
     dataset = make_dataset(task_def, tiny_tokenizer)
     clean = evaluate(model, dataset, collator, batch_size=4)
-    perturbation = attack_perturbation(model, task_def, EmbeddingAttack(0.0, steps=3))
+    perturbation = PGDPerturbation(model, task_def, EmbeddingAttack(0.0, steps=3))
     attacked = evaluate(model, dataset, collator, batch_size=4, perturbation=perturbation)
     np.testing.assert_array_equal(attacked.predictions.scores, clean.predictions.scores)
     assert attacked.metrics == clean.metrics
@@ -79,7 +79,7 @@ def test_the_perturbation_stays_in_its_ball_and_off_padding(
     batch = one_batch(task_def, tiny_tokenizer, collator)
     assert (batch.attention_mask == 0).any()  # rows of different lengths: there is padding to keep clean
     epsilon = 0.3
-    delta = attack_perturbation(
+    delta = PGDPerturbation(
         model, task_def, EmbeddingAttack(epsilon, steps=4, p_norm=p_norm, norm_level=level)
     )(batch)
     assert delta.shape == (*batch.input_ids.shape, model.encoder.config.hidden_size)
@@ -101,7 +101,7 @@ def test_pgd_raises_the_loss_more_than_random_noise_of_the_same_size(
     task_def = tiny_mtdnn_task_defs[task]
     batch = one_batch(task_def, tiny_tokenizer, collator)
     epsilon = 0.5
-    delta = attack_perturbation(model, task_def, EmbeddingAttack(epsilon, steps=5))(batch)
+    delta = PGDPerturbation(model, task_def, EmbeddingAttack(epsilon, steps=5))(batch)
     generator = torch.Generator().manual_seed(0)
     noise = torch.randn(delta.shape, generator=generator)
     noise = epsilon * noise / torch.linalg.vector_norm(noise, dim=-1, keepdim=True)
@@ -124,7 +124,7 @@ def test_a_larger_radius_lowers_the_gold_probability(
     dataset = make_dataset(task_def, tiny_tokenizer, 24)
     gold_probability = []
     for radius in (0.0, 0.2, 1.0):
-        perturbation = attack_perturbation(model, task_def, EmbeddingAttack(radius, steps=5))
+        perturbation = PGDPerturbation(model, task_def, EmbeddingAttack(radius, steps=5))
         predictions = predict(model, dataset, collator, batch_size=8, perturbation=perturbation)
         assert predictions.labels is not None
         gold_probability.append(float(predictions.scores[np.arange(len(dataset)), predictions.labels].mean()))
@@ -137,14 +137,22 @@ def test_robustness_curve_gives_the_metrics_at_each_radius(
     tiny_tokenizer: Any,
     collator: Collator,
 ) -> None:
-    model = make_tiny_mtdnn()
+    model = make_tiny_mtdnn().train()  # dropout on: the curve must still be computed in eval mode
     task_def = tiny_mtdnn_task_defs["single"]
     dataset = make_dataset(task_def, tiny_tokenizer, 16)
     attacks = [EmbeddingAttack(radius, steps=2) for radius in (0.0, 2.0)]
     curve = robustness_curve(model, dataset, collator, attacks, batch_size=8)
-    assert curve[0] == evaluate(model, dataset, collator, batch_size=8).metrics
-    assert set(curve[1]) == set(curve[0]) and curve[1]["acc"] <= curve[0]["acc"]
-    assert model.training is False  # eval mode throughout (dropout off), left as it was
+    assert (
+        robustness_curve(model, dataset, collator, attacks, batch_size=8) == curve
+    )  # no dropout: repeatable
+    assert curve[0].metrics == evaluate(model, dataset, collator, batch_size=8).metrics
+    assert (
+        set(curve[1].metrics) == set(curve[0].metrics) and curve[1].metrics["acc"] <= curve[0].metrics["acc"]
+    )
+    assert [point.skipped_batches for point in curve] == [0, 0]
+    # The model is left as it was: train mode, trainable parameters, and no gradient written.
+    assert model.training and all(module.training for module in model.modules())
+    assert all(parameter.requires_grad and parameter.grad is None for parameter in model.parameters())
 
 
 def test_the_attack_needs_labels_and_refuses_bad_settings(
@@ -156,9 +164,12 @@ def test_the_attack_needs_labels_and_refuses_bad_settings(
     model = make_tiny_mtdnn()
     task_def = tiny_mtdnn_task_defs["single"]
     unlabelled = make_dataset(task_def, tiny_tokenizer, labelled=False)
-    perturbation = attack_perturbation(model, task_def, EmbeddingAttack(0.1))
+    perturbation = PGDPerturbation(model, task_def, EmbeddingAttack(0.1))
     with pytest.raises(ValueError, match="needs gold labels"):
         predict(model, unlabelled, collator, batch_size=4, perturbation=perturbation)
+    labelled = make_dataset(task_def, tiny_tokenizer)
+    with torch.inference_mode(), pytest.raises(ValueError, match="outside torch.inference_mode"):
+        predict(model, labelled, collator, batch_size=4, perturbation=perturbation)
     with pytest.raises(ValueError, match="epsilon"):
         EmbeddingAttack(-1.0)
     with pytest.raises(ValueError, match="steps"):
