@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from data_utils.atomic import atomic_write_json  # noqa: E402
+from data_utils.atomic import atomic_write_text  # noqa: E402
 from data_utils.errors import UserError, exit_on_user_error  # noqa: E402
 
 OUTPUT_JSON = "robustness.json"
@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run = attack_one(target, args)
         runs.append(run)
         args.output_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to write
-        atomic_write_json(json_path, curves_document(settings, runs))  # a kill loses at most one run
+        # Keys in order (methods as trained, plain first); a kill loses at most one run.
+        atomic_write_text(json_path, json.dumps(curves_document(settings, runs), indent=2) + "\n")
         seed = "" if target.seed is None else f" seed {target.seed}"
         scores = "  ".join(f"{score:.1f}" for score in run["scores"])
         print(

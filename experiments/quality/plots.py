@@ -105,8 +105,9 @@ def cost_vs_gain(
 def robustness(curves: RobustnessCurves, palette: dict[str, str], path: Path) -> None:
     """The metric against the perturbation radius, one line per method."""
     figure, axis = plt.subplots(figsize=(6, 4.2))
-    for method, values in curves.methods.items():
-        axis.plot(curves.radii, values, marker="o", label=method, color=palette[method])
+    for index, (method, values) in enumerate(curves.methods.items()):
+        marker = MARKERS[index % len(MARKERS)]  # more methods than colours: the marker still tells them apart
+        axis.plot(curves.radii, values, marker=marker, label=method, color=palette[method])
     axis.set_xlabel("perturbation radius")
     axis.set_ylabel(curves.metric)
     axis.set_title(f"{curves.task}: {curves.metric} under perturbation")
