@@ -52,13 +52,13 @@ def test_adv_speed_runs_every_mode(capsys: pytest.CaptureFixture[str]) -> None:
 def test_adv_speed_memory_measures_every_mode_in_a_process_of_its_own(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Two modes (every child imports torch and transformers): a single-backward and a backward-owning one."""
+    """One mode (every child imports torch and transformers), a backward-owning one."""
     peaks = adv_speed.main(
-        ["--tiny", "--memory", "--modes", "plain,FreeLB K=2", "--steps", "1", "--warmup", "0", "--threads", "1",
+        ["--tiny", "--memory", "--modes", "FreeLB K=2", "--steps", "1", "--warmup", "0", "--threads", "1",
          "--batch_size", "16", "--seq_len", "64"]
     )  # fmt: skip
     # The rise over what the process held before its first step (the step's activations, gradients, AdamW).
-    assert set(peaks) == {"plain", "FreeLB K=2"}
+    assert set(peaks) == {"FreeLB K=2"}
     assert all(rise > 0 for rise in peaks.values())
     printed = capsys.readouterr().out
     assert "step rise MB" in printed and "failed" not in printed
@@ -98,6 +98,12 @@ def test_ddp_scaling_runs_one_and_two_processes(tmp_path: Path, tiny_run: dict[s
 # --- robustness.py ---------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def attack_data(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> dict[str, Any]:
+    """Toy token-id caches of the four test tasks (read-only), shared by the robustness tests."""
+    return make_tiny_run(tmp_path_factory.mktemp("attack_data"), tiny_tokenizer_dir, n_train=8)
+
+
 def _tiny_checkpoints(root: Path, tokenizer: Any, seeds: dict[str, int]) -> dict[str, Path]:
     from tests.mt_dnn.conftest import save_tiny_checkpoint
 
@@ -120,7 +126,7 @@ def _clean_accuracy(checkpoint: Path, split_dir: Path) -> float:
 
 def test_robustness_attacks_checkpoints_and_writes_curves_and_plot(
     tmp_path: Path,
-    tiny_run: dict[str, Any],
+    attack_data: dict[str, Any],
     tiny_tokenizer: Any,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -129,7 +135,7 @@ def test_robustness_attacks_checkpoints_and_writes_curves_and_plot(
     from experiments.quality.robustness import load_robustness
 
     checkpoints = _tiny_checkpoints(tmp_path / "ckpt", tiny_tokenizer, {"plain": 0, "smart": 1})
-    split_dir = Path(tiny_run["data_dir"]) / "single_dev"
+    split_dir = Path(attack_data["data_dir"]) / "single_dev"
     out = tmp_path / "attack"
     argv = [
         "--checkpoint", f"plain={checkpoints['plain']}", "--checkpoint", f"smart={checkpoints['smart']}",
@@ -170,7 +176,7 @@ def test_robustness_attacks_checkpoints_and_writes_curves_and_plot(
 
 
 def test_robustness_from_grid_results_averages_the_seeds_of_a_method(
-    tmp_path: Path, tiny_run: dict[str, Any], tiny_tokenizer: Any
+    tmp_path: Path, attack_data: dict[str, Any], tiny_tokenizer: Any
 ) -> None:
     from experiments.bench import robustness
     from experiments.quality.results import ResultRow, append_row
@@ -187,7 +193,7 @@ def test_robustness_from_grid_results_averages_the_seeds_of_a_method(
                 regime=regime, method=method, task=task, n_train=16, seed=seed, metric="acc", dev=50.0,
                 test=None, dev_metrics={}, test_metrics={}, steps=1, timed_steps=1, train_step_seconds=1.0,
                 wall_seconds=1.0, resumed=False, out_dir=str(checkpoint.parent), flags=[],
-                train_argv=["--data_dir", tiny_run["data_dir"], "--output_dir", str(checkpoint.parent)],
+                train_argv=["--data_dir", attack_data["data_dir"], "--output_dir", str(checkpoint.parent)],
             )  # fmt: skip
             append_row(results, row)
     document = robustness.main(
@@ -220,14 +226,14 @@ def test_robustness_user_mistakes_are_one_line_errors(
     extra: list[str],
     message: str,
     tmp_path: Path,
-    tiny_run: dict[str, Any],
+    attack_data: dict[str, Any],
     tiny_tokenizer: Any,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from experiments.bench import robustness
 
     checkpoint = _tiny_checkpoints(tmp_path / "ckpt", tiny_tokenizer, {"plain": 0})["plain"]
-    data = Path(tiny_run["data_dir"])
+    data = Path(attack_data["data_dir"])
     argv = [
         item.replace("CKPT", str(checkpoint)).replace("SPLIT_TEST", str(data / "single_test"))
         for item in extra
