@@ -1,18 +1,20 @@
 """Run a grid of (regime x method x task x training-set size x seed) through the real train.py, resumably.
 
     python experiments/quality/run_grid.py --grid experiments/quality/grid.yml --output_dir out/quality
-        [--model DIR] [--dry_run]
+        [--model DIR] [--methods NAME,...] [--dry_run]
 
 Writes ``<output_dir>/results.jsonl`` (one row per finished run and task: see ``results.py``), one folder per
 cell under ``<output_dir>/runs/<regime>/<method>/<tasks>/n<N>-s<SEED>/`` (train.py's logs, ``results.json``,
 ``train.out``) and the subsampled data under ``<output_dir>/data/``. Run the same command again after a kill:
 finished cells are skipped, a killed run continues from its last checkpoint (``--resume``). A cell whose row
-was made with other flags than the grid now gives is an error, not a silent mix.
+was made with other flags than the grid now gives is an error, not a silent mix. ``--methods`` runs only some
+of the grid's methods (the cheap ones first, say); a later run without it adds the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -33,8 +35,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grid", type=Path, required=True, help="grid YAML (experiments/quality/grid.yml)")
     parser.add_argument("--output_dir", type=Path, required=True, help="results, runs and data go here")
     parser.add_argument("--model", default=None, help="encoder folder (overrides the grid's 'model')")
+    parser.add_argument(
+        "--methods", default=None, help="comma-separated subset of the grid's methods to run (default: all)"
+    )
     parser.add_argument("--dry_run", action="store_true", help="list the cells and their state, run nothing")
     return parser
+
+
+def select_methods(grid: Grid, names: str | None) -> Grid:
+    """The grid with only the named methods, in the grid's order; an unknown name is a one-line error."""
+    if names is None:
+        return grid
+    chosen = [name.strip() for name in names.split(",") if name.strip()]
+    for name in chosen:
+        if name not in grid.methods:
+            known = ", ".join(grid.methods)
+            raise UserError(f"--methods: '{name}' is not a method of {grid.path} (expected some of: {known})")
+    if not chosen:
+        raise UserError("--methods: expected at least one method name")
+    methods = {name: flags for name, flags in grid.methods.items() if name in chosen}
+    return dataclasses.replace(grid, methods=methods)
 
 
 def _check_done(cell: Cell, grid: Grid, done: dict[Key, ResultRow], results_path: Path) -> bool:
@@ -111,7 +131,7 @@ def _number(value: float | None) -> str:
 @exit_on_user_error
 def main(argv: list[str] | None = None, runner: Runner = subprocess_runner) -> list[ResultRow]:
     args = build_parser().parse_args(argv)
-    grid = load_grid(args.grid)
+    grid = select_methods(load_grid(args.grid), args.methods)
     check_train_flags(grid)
     model = args.model or grid.model
     if model is None:

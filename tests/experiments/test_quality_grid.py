@@ -204,6 +204,24 @@ def test_finished_cells_are_skipped(write_grid: Callable[..., Path], tmp_path: P
     assert len(rows) == 16 and ": done" in capsys.readouterr().out
 
 
+def test_methods_runs_a_subset_and_a_later_full_run_adds_the_rest(
+    write_grid: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grid, out = write_grid(seeds=[1], n_train=[8]), tmp_path / "out"
+    first = FakeTrain()
+    rows = _run(grid, out, first, "--methods", "plain")
+    assert len(first.calls) == 2 and all("--adv_train" not in argv for argv in first.calls)
+    assert {row.method for row in rows} == {"plain"} and len(rows) == 2
+    rest = FakeTrain()
+    rows = _run(grid, out, rest)
+    assert len(rest.calls) == 2 and all("--adv_train" in argv for argv in rest.calls)
+    assert len(rows) == 4
+    with pytest.raises(SystemExit):
+        _run(grid, out, FakeTrain(), "--methods", "plain,smrt")
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--methods: 'smrt' is not a method of" in err and "plain, smart" in err
+
+
 def test_a_killed_grid_resumes_the_killed_run_and_redoes_nothing(
     write_grid: Callable[..., Path], tmp_path: Path
 ) -> None:
