@@ -45,6 +45,7 @@ from data_utils.metrics import Metric, compute_metrics, predictions_from_scores
 from data_utils.sampler import EvalBatchSampler
 from data_utils.task_def import TaskDef
 from module.adversarial.hooks import add_to_output
+from mt_dnn.model import forward_batch
 from mt_dnn.objective import MASK_SALT, mask_batch
 
 __all__ = [
@@ -187,13 +188,7 @@ def _predict_batch(
     if perturbation is not None:
         perturbed = add_to_output(model.perturbation_target(), perturbation(on_device))
     with autocast, perturbed:
-        output = model(
-            batch.task,
-            on_device.input_ids,
-            on_device.attention_mask,
-            on_device.token_type_ids,
-            n_candidates=batch.n_candidates,
-        )
+        output = forward_batch(model, on_device)
     output = output.float()
     if task_def.task_type is TaskType.CLASSIFICATION:
         output = torch.softmax(output, dim=-1)
@@ -222,13 +217,7 @@ def _predict_masked(
     inputs = mask_batch(batch, masking, task_def.mask_probability, MASK_SALT)
     assert inputs.positions is not None and inputs.targets is not None
     with autocast:
-        logits = model(
-            batch.task,
-            inputs.batch.input_ids,
-            batch.attention_mask,
-            batch.token_type_ids,
-            positions=inputs.positions,
-        )
+        logits = forward_batch(model, inputs.batch, positions=inputs.positions)
     log_probs = torch.log_softmax(logits.float(), dim=-1)
     gold = log_probs.gather(1, inputs.targets[:, None])[:, 0]
     summary = torch.stack([log_probs.argmax(dim=-1).float(), gold], dim=1)

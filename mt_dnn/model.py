@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import platform
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from transformers.utils import logging as hf_logging
 
 from data_utils import prepro
 from data_utils.atomic import atomic_directory
+from data_utils.dataset import Batch
 from data_utils.enums import TaskType
 from data_utils.errors import UserError
 from data_utils.task_def import TaskDef, parse_task_def
@@ -262,6 +263,19 @@ class MTDNNModel(nn.Module):
                 f"(missing {missing}, unexpected {unexpected})"
             )
         return model.to(map_location)
+
+
+def forward_batch(model: Callable[..., Tensor], batch: Batch, **extra: Tensor) -> Tensor:
+    """The head's output for one collated batch: ``model`` is an ``MTDNNModel`` or a wrapper of one (DDP);
+    ``extra`` goes to ``forward`` as it is (``positions=`` for a masked-LM batch)."""
+    return model(
+        batch.task,
+        batch.input_ids,
+        batch.attention_mask,
+        batch.token_type_ids,
+        n_candidates=batch.n_candidates,
+        **extra,
+    )
 
 
 def is_checkpoint(path: str | Path) -> bool:

@@ -45,7 +45,7 @@ from module.adversarial import (
 from module.bregman import BregmanConfig, BregmanProximalPoint
 from module.losses import divergence, task_loss
 from mt_dnn.config import TrainConfig
-from mt_dnn.model import MTDNNModel
+from mt_dnn.model import MTDNNModel, forward_batch
 
 __all__ = [
     "MaskedInputs",
@@ -296,13 +296,5 @@ def mask_batch(batch: Batch, masking: MaskingSpec, probability: float, salt: str
 
 
 def _forward(model: Callable[..., Tensor], *, inputs: MaskedInputs) -> Tensor:
-    batch = inputs.batch
     extra = {} if inputs.positions is None else {"positions": inputs.positions}
-    return model(
-        batch.task,
-        batch.input_ids,
-        batch.attention_mask,
-        batch.token_type_ids,
-        n_candidates=batch.n_candidates,
-        **extra,
-    )
+    return forward_batch(model, inputs.batch, **extra)

@@ -27,7 +27,7 @@ from data_utils.task_def import TaskDef
 from module.adversarial import PGD, AdversarialBatch, NormLevel, PGDConfig, PNorm
 from module.losses import task_loss
 from mt_dnn.inference import evaluate
-from mt_dnn.model import MTDNNModel
+from mt_dnn.model import MTDNNModel, forward_batch
 
 __all__ = [
     "CurvePoint",
@@ -95,13 +95,7 @@ class PGDPerturbation:
         mask = batch.candidate_mask if task_def.task_type is TaskType.RANKING else None
 
         def run() -> Tensor:
-            return self.model(
-                batch.task,
-                batch.input_ids,
-                batch.attention_mask,
-                batch.token_type_ids,
-                n_candidates=batch.n_candidates,
-            )
+            return forward_batch(self.model, batch)
 
         def loss(outputs: Tensor) -> Tensor:
             return task_loss(task_def.loss, outputs, labels, mask=mask)
