@@ -31,11 +31,9 @@ plain's.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import importlib.util
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -52,6 +50,7 @@ if str(ROOT) not in sys.path:
 
 from data_utils.dataset import Batch  # noqa: E402
 from data_utils.task_def import parse_task_def  # noqa: E402
+from experiments.bench.memory import peak_memory_mb, reset_peak_memory  # noqa: E402
 from module.losses import cross_entropy, sym_kl  # noqa: E402
 from mt_dnn.config import TrainConfig  # noqa: E402
 from mt_dnn.model import MTDNNModel  # noqa: E402
@@ -243,38 +242,6 @@ def smart_pytorch_loss(model: MTDNNModel, batch: Batch) -> Callable[[], Tensor] 
         return cross_entropy(outputs, batch.labels) + smart(embedded, outputs)
 
     return loss
-
-
-def _proc_status_mb(key: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(f"{key}:"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_memory(device: torch.device) -> float:
-    """Start a new peak (CUDA: allocator stats; Linux: the resident-set high-water mark, by writing 5 to
-    /proc/self/clear_refs) and return the memory in use now, in MB."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device) / 2**20
-    # Where this cannot be written, the peak below may include what loading the model took.
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-    current = _proc_status_mb("VmRSS")
-    return current if current is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak allocated memory on CUDA, else the peak resident set since ``reset_peak_memory``."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    peak = _proc_status_mb("VmHWM")
-    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def build_steps(

@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import multiprocessing
-import resource
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from experiments.bench.memory import peak_memory_mb  # noqa: E402
 from experiments.common import minilm_path, sample_rows  # noqa: E402
 
 MAX_SEQ_LEN = 128
@@ -47,14 +47,6 @@ WEIGHT_DECAY = 0.01
 
 def model_path(args: dict[str, Any]) -> str:
     return args["model"] or minilm_path()
-
-
-def peak_memory_mb(device: str) -> float:
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def padding_fraction(masks: list[Any]) -> float:

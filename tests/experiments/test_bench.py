@@ -248,3 +248,18 @@ def test_robustness_user_mistakes_are_one_line_errors(
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ") and message in error and "\n" not in error
     assert not (tmp_path / "out").exists()
+
+
+def test_peak_memory_sees_a_new_allocation_and_restarts_after_a_reset() -> None:
+    import torch
+
+    from experiments.bench.memory import peak_memory_mb, reset_peak_memory
+
+    before = reset_peak_memory("cpu")
+    block = torch.ones(64 * 2**20 // 4)  # 64 MB, written, so resident
+    peak = peak_memory_mb("cpu")
+    assert peak >= before + 60
+    del block
+    after = reset_peak_memory("cpu")
+    if Path("/proc/self/clear_refs").exists():  # Linux: the high-water mark restarts from what is resident
+        assert peak_memory_mb("cpu") < peak - 30 and after < peak - 30
