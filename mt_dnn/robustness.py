@@ -85,7 +85,12 @@ class PGDPerturbation:
         self.model = model
         self.task_def = task_def
         self.pgd = PGD(model.perturbation_target(), attack.pgd_config)
-        self.skipped_batches = 0
+        self._skipped: Tensor | int = 0  # summed on the device: no host sync per batch
+
+    @property
+    def skipped_batches(self) -> int:
+        """Batches scored clean because their attack gradient was not finite (one host sync, read once)."""
+        return int(self._skipped)
 
     def __call__(self, batch: Batch) -> Tensor:
         task_def = self.task_def
@@ -103,7 +108,7 @@ class PGDPerturbation:
         with torch.enable_grad():
             step = self.pgd(AdversarialBatch(run=run, loss=loss, token_mask=batch.attention_mask))
         assert step.delta is not None
-        self.skipped_batches += int(step.stats["adv_skipped"].item())
+        self._skipped = self._skipped + step.stats["adv_skipped"].detach()
         return step.delta
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from data_utils.task_def import TaskDef
 from module.adversarial import add_to_output, norm
 from module.losses import task_loss
 from mt_dnn.inference import evaluate, predict
-from mt_dnn.model import MTDNNModel
+from mt_dnn.model import MTDNNModel, forward_batch
 from mt_dnn.robustness import EmbeddingAttack, PGDPerturbation, embedding_norm, robustness_curve
 from tests.mt_dnn.test_inference import make_dataset
 
@@ -34,13 +35,7 @@ def loss_at(model: MTDNNModel, task_def: TaskDef, batch: Batch, delta: torch.Ten
     """The task loss with ``delta`` added to the word embeddings."""
     ranking = task_def.task_type is TaskType.RANKING
     with torch.no_grad(), add_to_output(model.perturbation_target(), delta):
-        outputs = model(
-            batch.task,
-            batch.input_ids,
-            batch.attention_mask,
-            batch.token_type_ids,
-            n_candidates=batch.n_candidates,
-        )
+        outputs = forward_batch(model, batch)
     assert batch.labels is not None
     return float(
         task_loss(task_def.loss, outputs, batch.labels, mask=batch.candidate_mask if ranking else None)
@@ -153,6 +148,24 @@ def test_robustness_curve_gives_the_metrics_at_each_radius(
     # The model is left as it was: train mode, trainable parameters, and no gradient written.
     assert model.training and all(module.training for module in model.modules())
     assert all(parameter.requires_grad and parameter.grad is None for parameter in model.parameters())
+
+
+def test_a_batch_with_a_non_finite_attack_gradient_is_scored_clean_and_counted(
+    make_tiny_mtdnn: Callable[..., MTDNNModel],
+    tiny_mtdnn_task_defs: dict[str, TaskDef],
+    tiny_tokenizer: Any,
+    collator: Collator,
+) -> None:
+    model = make_tiny_mtdnn().eval()
+    task_def = tiny_mtdnn_task_defs["score"]
+    perturbation = PGDPerturbation(model, task_def, EmbeddingAttack(1.0, steps=2))
+    good = one_batch(task_def, tiny_tokenizer, collator)
+    assert good.labels is not None
+    # NaN labels: a NaN loss, so a NaN attack gradient.
+    bad = dataclasses.replace(good, labels=torch.full_like(good.labels, float("nan")))
+    deltas = [perturbation(batch) for batch in (good, bad, good, bad, bad)]
+    assert perturbation.skipped_batches == 3
+    assert all(float(deltas[i].abs().sum()) == 0.0 for i in (1, 3, 4)) and float(deltas[0].abs().sum()) > 0
 
 
 def test_the_attack_needs_labels_and_refuses_bad_settings(
