@@ -1,14 +1,16 @@
 """Run a grid of (regime x method x task x training-set size x seed) through the real train.py, resumably.
 
     python experiments/quality/run_grid.py --grid experiments/quality/grid.yml --output_dir out/quality
-        [--model DIR] [--methods NAME,...] [--dry_run]
+        [--model DIR] [--methods NAME,...] [--reuse OTHER/results.jsonl] [--dry_run]
 
 Writes ``<output_dir>/results.jsonl`` (one row per finished run and task: see ``results.py``), one folder per
 cell under ``<output_dir>/runs/<regime>/<method>/<tasks>/n<N>-s<SEED>/`` (train.py's logs, ``results.json``,
 ``train.out``) and the subsampled data under ``<output_dir>/data/``. Run the same command again after a kill:
 finished cells are skipped, a killed run continues from its last checkpoint (``--resume``). A cell whose row
 was made with other flags than the grid now gives is an error, not a silent mix. ``--methods`` runs only some
-of the grid's methods (the cheap ones first, say); a later run without it adds the rest.
+of the grid's methods (the cheap ones first, say); a later run without it adds the rest. ``--reuse`` takes the
+rows of another grid's results file that are the same single-task runs (same flags, encoder, task definition
+and data: see ``reuse.py``) instead of training them again.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from data_utils.errors import UserError, exit_on_user_error  # noqa: E402
 from experiments.quality.data import prepare_data  # noqa: E402
 from experiments.quality.grid import Cell, Grid, Regime, cells, check_train_flags, load_grid  # noqa: E402
 from experiments.quality.results import Key, ResultRow, append_row, read_results  # noqa: E402
+from experiments.quality.reuse import reusable_rows  # noqa: E402
 from experiments.quality.runs import STATE_FILE, Runner, clean_up, run_cell, subprocess_runner  # noqa: E402
 
 RESULTS_FILE = "results.jsonl"
@@ -37,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="encoder folder (overrides the grid's 'model')")
     parser.add_argument(
         "--methods", default=None, help="comma-separated subset of the grid's methods to run (default: all)"
+    )
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        help="another grid's results.jsonl: take its rows of the same single-task runs instead of rerunning",
     )
     parser.add_argument("--dry_run", action="store_true", help="list the cells and their state, run nothing")
     return parser
@@ -88,11 +97,21 @@ def _multi_task_set(row: ResultRow) -> list[str] | None:
 
 
 def run_grid(
-    grid: Grid, output_dir: Path, model: str, runner: Runner, *, dry_run: bool = False
+    grid: Grid,
+    output_dir: Path,
+    model: str,
+    runner: Runner,
+    *,
+    dry_run: bool = False,
+    reuse: Path | None = None,
 ) -> list[ResultRow]:
-    """Run every unfinished cell in order and return all the rows of the results file."""
+    """Run every unfinished cell in order (taking ``reuse``'s rows of the same runs) and return all the rows
+    of the results file."""
     results_path = output_dir / RESULTS_FILE
     done = {row.key: row for row in read_results(results_path, repair=not dry_run)}
+    if reuse is not None and not reuse.is_file():
+        raise UserError(f"--reuse {reuse}: no such results file")
+    candidates = {row.key: row for row in read_results(reuse)} if reuse is not None else {}
     task_defs = grid.task_defs()
     todo = list(cells(grid))
     for index, cell in enumerate(todo, start=1):
@@ -107,6 +126,15 @@ def run_grid(
             print(f"{tag}: {'to resume' if resumable else 'to run'}", flush=True)
             continue
         cache_dir = prepare_data(grid, task_defs, output_dir, cell.n_train, cell.seed, model)
+        reused, why_not = reusable_rows(cell, grid, task_defs, candidates, cache_dir, model)
+        if reused is not None:
+            for row in reused:
+                append_row(results_path, row)
+                done[row.key] = row
+            print(f"{tag}: reused from {reuse}", flush=True)
+            continue
+        if why_not is not None:
+            print(f"{tag}: not reusing {reuse}'s row: {why_not}", flush=True)
         rows = run_cell(cell, grid, task_defs, output_dir, cache_dir, model, runner)
         for row in rows:
             if row.key not in done:  # a kill between the rows of one mtl run: the first one is there
@@ -138,7 +166,7 @@ def main(argv: list[str] | None = None, runner: Runner = subprocess_runner) -> l
         from experiments.common import minilm_path
 
         model = minilm_path()
-    rows = run_grid(grid, args.output_dir, model, runner, dry_run=args.dry_run)
+    rows = run_grid(grid, args.output_dir, model, runner, dry_run=args.dry_run, reuse=args.reuse)
     if not args.dry_run:
         print(f"{len(rows)} rows in {args.output_dir / RESULTS_FILE}")
     return rows

@@ -300,6 +300,47 @@ def test_multi_task_then_fine_tuning_from_its_best_checkpoint(
     assert [(row.task, row.dev) for row in mtl_rows] == [("alpha", 51.0), ("beta", 52.0)]
 
 
+def test_reuse_takes_another_grids_rows_of_the_same_single_task_runs(
+    write_grid: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = tmp_path / "first"
+    _run(write_grid(seeds=[1], n_train=[8]), first, FakeTrain())
+    fake = FakeTrain()
+    grid = write_grid("mtl.yml", seeds=[1], n_train=[8], regimes=["single", "mtl+finetune"])
+    rows = _run(grid, tmp_path / "second", fake, "--reuse", str(first / "results.jsonl"))
+    regimes = [Path(_value(argv, "--output_dir")).parts[-4] for argv in fake.calls]
+    assert regimes == ["mtl", "mtl", "mtl_finetune", "mtl_finetune", "mtl_finetune", "mtl_finetune"]
+    theirs = {row.key: row for row in read_results(first / "results.jsonl")}
+    single = [row for row in rows if row.regime == Regime.SINGLE]
+    assert len(single) == 4 and all(row == theirs[row.key] for row in single)
+    assert capsys.readouterr().out.count(f"reused from {first / 'results.jsonl'}") == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"n_dev": 3}, "differs from"),  # other dev rows
+        ({"train_flags": ["--epochs", 3, "--batch_size", 4]}, "other train.py flags"),
+    ],
+)
+def test_reuse_refuses_rows_of_other_data_or_flags(
+    write_grid: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    overrides: dict[str, Any],
+    reason: str,
+) -> None:
+    first = tmp_path / "first"
+    _run(write_grid(seeds=[1], n_train=[8]), first, FakeTrain())
+    capsys.readouterr()
+    fake = FakeTrain()
+    changed = write_grid("changed.yml", seeds=[1], n_train=[8], **overrides)
+    _run(changed, tmp_path / "second", fake, "--reuse", str(first / "results.jsonl"))
+    printed = capsys.readouterr().out
+    assert len(fake.calls) == 4 and printed.count("not reusing") == 4 and reason in printed
+    assert "reused from" not in printed
+
+
 # ---------------------------------------------------------------------------------------------- bad grids
 
 
