@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import resource
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported when measuring, so a benchmark's parent process and --help stay light
+    import torch
 
 
 def _proc_status_mb(key: str) -> float | None:
@@ -28,6 +30,8 @@ def _max_rss_mb() -> float:
 def reset_peak_memory(device: torch.device | str) -> float:
     """Start a new peak (CUDA: allocator stats; Linux: the resident-set high-water mark, by writing 5 to
     /proc/self/clear_refs) and return the memory in use now, in MB."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -43,6 +47,8 @@ def reset_peak_memory(device: torch.device | str) -> float:
 def peak_memory_mb(device: torch.device | str) -> float:
     """Peak allocated memory on CUDA, else the peak resident set of the process since it started or since
     the last ``reset_peak_memory``, in MB."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20

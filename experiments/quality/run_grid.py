@@ -126,7 +126,7 @@ def run_grid(
             print(f"{tag}: {'to resume' if resumable else 'to run'}", flush=True)
             continue
         cache_dir = prepare_data(grid, task_defs, output_dir, cell.n_train, cell.seed, model)
-        reused, why_not = reusable_rows(cell, grid, task_defs, candidates, cache_dir, model)
+        reused, why_not = reusable_rows(cell, grid, task_defs, candidates, output_dir, cache_dir, model)
         if reused is not None:
             for row in reused:
                 append_row(results_path, row)
