@@ -4,9 +4,11 @@ An exponential moving average of the weights, theta~, is the teacher: the term
 ``mu * D(f(x; theta), f(x; theta~))`` joins the loss and keeps each update close, in output space, to where
 the model has recently been. After an optimizer step, ``theta~ <- beta * theta~ + (1 - beta) * theta``,
 with beta 0.99 for the first 10% of updates and 0.999 after (the paper's schedule), every ``update_every``
-optimizer steps. The teacher runs without gradients and in eval mode (no dropout), so its output is a
-deterministic target. It works on any ``nn.Module``; ``run`` is a closure that runs a given module on the
-current batch.
+optimizer steps. The teacher starts as an exact copy of the model when the term is built (for a fine-tuning
+run: the pretrained encoder and the freshly initialised heads), so early on the term pulls the model back
+towards its initialisation. It runs without gradients, by default in eval mode (no dropout: a deterministic
+target; ``teacher_mode="train"`` draws dropout masks for it as well). It works on any ``nn.Module``; ``run``
+is a closure that runs a given module on the current batch.
 """
 
 from __future__ import annotations
@@ -15,11 +17,19 @@ import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BregmanConfig", "BregmanProximalPoint"]
+__all__ = ["BregmanConfig", "BregmanProximalPoint", "TeacherMode"]
+
+
+class TeacherMode(StrEnum):
+    """Whether the teacher's forward runs with dropout off (``eval``, the default) or on (``train``)."""
+
+    EVAL = "eval"
+    TRAIN = "train"
 
 
 @dataclass(frozen=True)
@@ -29,8 +39,10 @@ class BregmanConfig:
     beta_warmup: float = 0.99
     warmup_fraction: float = 0.1
     update_every: int = 1
+    teacher_mode: TeacherMode = TeacherMode.EVAL
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "teacher_mode", TeacherMode(self.teacher_mode))
         if not (math.isfinite(self.mu) and self.mu >= 0):
             raise ValueError(f"Bregman mu must be a finite number >= 0, got {self.mu}")
         for name in ("beta", "beta_warmup"):
@@ -48,7 +60,8 @@ class BregmanProximalPoint:
     def __init__(self, model: nn.Module, config: BregmanConfig, total_steps: int) -> None:
         self.config = config
         self.total_steps = total_steps
-        self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        self.teacher = copy.deepcopy(model).requires_grad_(False)
+        self.teacher.train(config.teacher_mode is TeacherMode.TRAIN)
         self._pairs = self._float_pairs(model)
 
     def _float_pairs(self, model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:

@@ -18,7 +18,16 @@ import yaml
 from data_utils.enums import parse_enum
 from data_utils.errors import UserError
 from data_utils.sampler import SamplingStrategyName
-from module.adversarial import METHODS, AdversarialMethodName, NoiseType, NormLevel, PNorm, method_parameters
+from module.adversarial import (
+    METHODS,
+    AdversarialMethodName,
+    NoiseType,
+    NormLevel,
+    PNorm,
+    Radius,
+    method_parameters,
+)
+from module.bregman import TeacherMode
 
 
 class OptimizerName(StrEnum):
@@ -79,12 +88,14 @@ class TrainConfig:
     adv_replays: int | None = None
     adv_outer_steps: int | None = None
     adv_noise_type: NoiseType | None = None
+    adv_radius: Radius | None = None
     # momentum Bregman proximal point (SMART Alg. 1); None: 1.0 with --adv_train (the paper's SMART), else off
     bregman_mu: float | None = None
     bregman_beta: float = 0.999
     bregman_beta_warmup: float = 0.99
     bregman_warmup: float = 0.1
     bregman_steps: int = 1
+    bregman_teacher_mode: TeacherMode = TeacherMode.EVAL
     # model
     dropout_p: float = 0.1
     use_encoder_pooler: bool = False
@@ -93,6 +104,7 @@ class TrainConfig:
     save_every_steps: int = 0
     log_every_steps: int = 50
     best_metric: str = "mean"
+    early_stopping_patience: int = 0
     resume: bool = False
     max_nonfinite_steps: int = 20
     tensorboard: bool = False
@@ -136,6 +148,8 @@ _ENUM_FIELDS: dict[str, type[StrEnum]] = {
     "adv_p_norm": PNorm,
     "adv_norm_level": NormLevel,
     "adv_noise_type": NoiseType,
+    "adv_radius": Radius,
+    "bregman_teacher_mode": TeacherMode,
 }
 _ADV_PREFIX = "adv_"
 # The adversarial flags that are method hyper-parameters: --adv_<name> sets the method config's <name>.
@@ -152,6 +166,7 @@ ADVERSARIAL_PARAMETERS = (
     "replays",
     "outer_steps",
     "noise_type",
+    "radius",
 )
 # Fields whose default is None: the type their value takes when given.
 _OPTIONAL_TYPES: dict[str, type] = {
@@ -193,16 +208,23 @@ _HELP = {
     "adv_epsilon": "radius of the perturbation ball in --adv_p_norm",
     "adv_p_norm": "norm of the ascent normalisation and of the ball: inf | l2 | l1",
     "adv_norm_level": "norms per token or per sentence",
-    "adv_dropout_replay": "adversarial forwards reuse the clean pass's dropout masks",
+    "adv_dropout_replay": "adversarial forwards reuse the clean pass's dropout masks (off, the default and "
+    "mt-dnn's behaviour: the term also compares two dropout samples, R-Drop-like)",
     "adv_init_mag": "FreeLB: magnitude of the uniform initial perturbation",
     "adv_replays": "FreeAT: replays (optimizer steps) per batch, m",
     "adv_outer_steps": "YOPO: full forward/backward passes per batch, m",
     "adv_noise_type": "R3F/R4F noise: normal | uniform",
+    "adv_radius": "absolute: epsilon, step size and noise in embedding units (the papers'); relative: as "
+    "fractions of each token's/sentence's own embedding size (delta_ratio ~ epsilon on any encoder)",
     "bregman_mu": "weight of the Bregman proximal term (default: 1 with --adv_train, else 0 = off)",
     "bregman_beta": "EMA decay of the Bregman teacher after the warm-up",
     "bregman_beta_warmup": "EMA decay during the first --bregman_warmup fraction of updates",
     "bregman_warmup": "fraction of optimizer steps that use --bregman_beta_warmup",
     "bregman_steps": "update the Bregman teacher every S optimizer steps",
+    "bregman_teacher_mode": "the teacher's forward: eval (no dropout, the default) or train (with dropout); "
+    "the teacher starts as a copy of the initial model",
+    "early_stopping_patience": "stop after this many evaluations in a row without a new best (0: off); "
+    "labelled test splits are then scored by the best checkpoint as usual",
     "compile": "torch.compile the encoder's layers (off by default: see docs/benchmarks.md)",
     "bf16": "mixed precision: torch.autocast with bfloat16 (no loss scaling needed)",
     "fp16": "mixed precision: torch.autocast with float16 and a dynamic loss scale (torch.amp.GradScaler)",
@@ -341,6 +363,7 @@ def validate(config: TrainConfig) -> None:
         "eval_every_steps",
         "save_every_steps",
         "log_every_steps",
+        "early_stopping_patience",
         "num_workers",
         "mix_opt",
     )

@@ -138,6 +138,7 @@ class TrainingObjective:
                 beta_warmup=config.bregman_beta_warmup,
                 warmup_fraction=config.bregman_warmup,
                 update_every=config.bregman_steps,
+                teacher_mode=config.bregman_teacher_mode,
             )
             self.bregman = BregmanProximalPoint(base_model, bregman_config, total_steps)
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from data_utils.dataset import Batch, Collator, TaskDataset
 from data_utils.enums import TaskType
 from data_utils.task_def import TaskDef
-from module.adversarial import PGD, AdversarialBatch, NormLevel, PGDConfig, PNorm
+from module.adversarial import PGD, AdversarialBatch, NormLevel, PGDConfig, PNorm, Radius
 from module.losses import task_loss
 from mt_dnn.inference import evaluate
 from mt_dnn.model import MTDNNModel, forward_batch
@@ -65,6 +65,7 @@ class EmbeddingAttack:
             epsilon=self.epsilon,
             p_norm=self.p_norm,
             norm_level=self.norm_level,
+            radius=Radius.ABSOLUTE,  # the attack's radii are in embedding units (read against embedding_norm)
         )
 
 

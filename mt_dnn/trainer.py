@@ -44,6 +44,7 @@ from data_utils.prepro import tokenizer_fingerprint
 from data_utils.sampler import MultiTaskBatchSampler, SamplingStrategyName, make_strategy
 from data_utils.task_def import TaskDef, load_task_defs
 from module.adversarial import AdversarialMethodName
+from module.adversarial.precision import resolution_warning
 from mt_dnn.config import TrainConfig
 from mt_dnn.distributed import Distributed
 from mt_dnn.inference import evaluate
@@ -86,11 +87,13 @@ _RESUME_KEYS = (
     "adv_replays",
     "adv_outer_steps",
     "adv_noise_type",
+    "adv_radius",
     "bregman_mu",
     "bregman_beta",
     "bregman_beta_warmup",
     "bregman_warmup",
     "bregman_steps",
+    "bregman_teacher_mode",
     "bf16",
     "fp16",
 )
@@ -242,6 +245,8 @@ class Trainer:
         # Mixed precision: autocast around the forward passes; fp16 also scales the loss (GradScaler).
         self.amp_dtype = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.fp16)
+        # Checked once, at the first adversarial step under autocast: does the perturbation survive it?
+        self._check_precision = self.amp_dtype is not None and config.adv_method is not None
         # What runs the training forward: the model, or DDP around it. Every step trains one task's head, so
         # the other heads have no gradient in that step: DDP must look for unused parameters when there are
         # several tasks (all ranks draw the same task each step, so they agree on which ones).
@@ -260,6 +265,7 @@ class Trainer:
         self.batches_in_epoch = 0  # micro-batches consumed in the current epoch
         self.best_score: float | None = None
         self.best_step = -1
+        self.evals_since_best = 0  # evaluations in a row without a new best (--early_stopping_patience)
         self.skipped = _SkippedSteps(self.device)
         self.adv_skipped_total = 0
         self.seconds = {"eval": 0.0, "checkpoint": 0.0}  # wall time outside the training steps
@@ -294,8 +300,9 @@ class Trainer:
             desc="train",
         )
         window = _TrainWindow(self.device)
-        stopped_early = False
-        while self.epoch < config.epochs and not stopped_early:
+        stopped_early = False  # interrupted at until_step: resumable, not finished
+        converged = self._patience_exhausted()  # early stopping: finished before the last epoch
+        while self.epoch < config.epochs and not stopped_early and not converged:
             self.model.train()
             self.sampler.set_epoch(self.epoch)
             for group in self._step_groups():
@@ -310,25 +317,37 @@ class Trainer:
                     self._log_window(log, window)
                 if _crossed(config.eval_every_steps, steps_before, self.step):
                     self._evaluate_and_keep_best(log)
-                if _crossed(config.save_every_steps, steps_before, self.step):
+                    converged = self._patience_exhausted()
+                if _crossed(config.save_every_steps, steps_before, self.step) or converged:
                     self._save_last()
+                if converged:
+                    break
                 if until_step is not None and self.step >= until_step:
                     stopped_early = True
                     break
-            if stopped_early:
+            if stopped_early or converged:
                 break
             self.epoch += 1
             self.batches_in_epoch = 0
             if window.has_data():
                 self._log_window(log, window)
             self._evaluate_and_keep_best(log)
+            converged = self._patience_exhausted()
             self._save_last()
         progress.close()
+        if converged:
+            logger.info(
+                "early stopping at step %d: %d evaluations without a new best (best at step %d)",
+                self.step,
+                self.evals_since_best,
+                self.best_step,
+            )
         if stopped_early:
             self._save_last()
         else:
             self._evaluate_tests_with_best(log)
         results = self._results(time.perf_counter() - start_time, finished=not stopped_early)
+        results["early_stopped"] = converged
         if self.dist.is_main:
             atomic_write_json(self.out / "results.json", results)
         log.close()
@@ -364,7 +383,17 @@ class Trainer:
                 )
             window.add(batch.task, loss, stats)
             losses_finite = losses_finite & torch.isfinite(loss)
+            if self._check_precision and "delta_ratio" in stats:
+                self._warn_if_perturbation_lost(float(stats["delta_ratio"]))
         self._optimizer_step(losses_finite)
+
+    def _warn_if_perturbation_lost(self, ratio: float) -> None:
+        """One host sync, once per run: warn when the perturbation is below the autocast resolution."""
+        self._check_precision = False
+        assert self.amp_dtype is not None and self.config.adv_method is not None
+        message = resolution_warning(str(self.config.adv_method), ratio, self.amp_dtype)
+        if message is not None and self.dist.is_main:
+            logger.warning(message)
 
     def _backward(self, loss: torch.Tensor) -> None:
         """One backward pass of a micro-batch's loss: averaged over the accumulation, scaled under fp16."""
@@ -479,13 +508,20 @@ class Trainer:
         self.model.train()
         self.last_eval = scores
         score = self._best_key.score(scores)
+        if score is not None and not (self.best_score is None or score > self.best_score):
+            self.evals_since_best += 1
         if score is not None and (self.best_score is None or score > self.best_score):
             self.best_score, self.best_step = score, self.step
+            self.evals_since_best = 0
             with self._timed("checkpoint"):
                 if self.dist.is_main:
                     self.model.save(self.out / "best", self.tokenizer, metadata=self._metadata(scores))
                 self._barrier()
             logger.info("step %d: new best %s = %.3f", self.step, self._best_key.describe(), score)
+
+    def _patience_exhausted(self) -> bool:
+        patience = self.config.early_stopping_patience
+        return patience > 0 and self.evals_since_best >= patience
 
     def _evaluate_tests_with_best(self, log: RunLog) -> None:
         """Labelled test splits are scored once, by the best checkpoint (never used to choose it)."""
@@ -545,6 +581,7 @@ class Trainer:
             "rng": _rng_state(),
             "best_score": self.best_score,
             "best_step": self.best_step,
+            "evals_since_best": self.evals_since_best,
             "nonfinite_total": self.skipped.read()[0],
             "config": _resume_identity(self.config),
         }
@@ -586,6 +623,7 @@ class Trainer:
             state["batches_in_epoch"],
         )
         self.best_score, self.best_step = state["best_score"], state["best_step"]
+        self.evals_since_best = int(state.get("evals_since_best", 0))
         self.skipped = _SkippedSteps(self.device, total=state["nonfinite_total"])
         logger.info("resumed from %s at step %d (epoch %d)", last, self.step, self.epoch)
 

@@ -10,7 +10,7 @@ from module.adversarial.free import YOPO, FreeAT, FreeATConfig, FreeLB, FreeLBCo
 from module.adversarial.gradient_attacks import FGM, FGSM, PGD, FGMConfig, FGSMConfig, PGDConfig
 from module.adversarial.hooks import RngSnapshot, add_to_output, capture_output
 from module.adversarial.names import AdversarialMethodName
-from module.adversarial.norms import NormLevel, PNorm, norm, normalize, project
+from module.adversarial.norms import NormLevel, PNorm, Radius, norm, normalize, project
 from module.adversarial.registry import METHODS, MethodSpec, build_method, method_parameters
 from module.adversarial.smart import AdversarialResult, Divergence, SmartConfig, SmartPerturbation
 from module.adversarial.virtual import (
@@ -20,6 +20,8 @@ from module.adversarial.virtual import (
     ALUMConfig,
     NoiseType,
     R3FConfig,
+    RDrop,
+    RDropConfig,
     Smart,
     spectral_normalize,
 )
@@ -37,6 +39,9 @@ __all__ = [
     "R3F",
     "R3FConfig",
     "R4F",
+    "RDrop",
+    "RDropConfig",
+    "Radius",
     "YOPO",
     "YOPOConfig",
     "AdversarialBatch",

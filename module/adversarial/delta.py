@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from module.adversarial.hooks import RngSnapshot, add_to_output, capture_output
+from module.adversarial.norms import NormLevel, PNorm, Radius, keepdim_shape, norm
 
 __all__ = [
     "PerturbedOutput",
@@ -17,9 +19,12 @@ __all__ = [
     "device_of",
     "finite_or_zero",
     "initial_noise",
+    "length_unit",
+    "noise_unit",
     "perturb_output",
     "position_mask",
     "run_with_delta",
+    "scale_length",
 ]
 
 
@@ -41,6 +46,44 @@ def delta_ratio(delta: Tensor, output: Tensor, mask: Tensor) -> Tensor:
     return (
         torch.linalg.vector_norm(delta.detach().float()) / size.clamp_min(torch.finfo(torch.float32).tiny)
     ).detach()
+
+
+def _rms(output: Tensor, mask: Tensor, level: NormLevel) -> Tensor:
+    """Root-mean-square coordinate of each vector at ``level`` over its real positions (``keepdim_shape``)."""
+    shape = keepdim_shape(output.shape, level)
+    squares = norm(output, PNorm.L2, level).reshape(shape) ** 2
+    count = norm(mask.expand_as(output), PNorm.L1, level).reshape(shape)
+    return torch.sqrt(squares / count.clamp_min(1.0))
+
+
+def length_unit(
+    radius: Radius | str, output: Tensor, mask: Tensor, p_norm: PNorm | str, level: NormLevel | str
+) -> float | Tensor:
+    """What a length of 1 is in this batch: 1.0 for an absolute radius; for a relative one the clean output's
+    own size per vector at ``level`` (real positions only; detached fp32, shaped ``keepdim_shape``): its l2
+    (l1) norm for an l2 (l1) ball, its root-mean-square coordinate for an inf ball or a sign step. So a
+    relative radius r keeps ``delta_ratio`` <= r (l2) and moves no coordinate by more than r times the
+    typical coordinate (inf), whatever the encoder's embedding scale."""
+    if Radius(radius) is Radius.ABSOLUTE:
+        return 1.0
+    p_norm, level = PNorm(p_norm), NormLevel(level)
+    x = output.detach().float() * mask
+    if p_norm is PNorm.INF:
+        return _rms(x, mask, level)
+    return norm(x, p_norm, level).reshape(keepdim_shape(x.shape, level))
+
+
+def noise_unit(radius: Radius | str, output: Tensor, mask: Tensor) -> float | Tensor:
+    """The scale of initial noise per coordinate: 1.0 (absolute), or each token's root-mean-square
+    coordinate (relative), so that noise of scale sigma has about ``sigma`` times a token's norm."""
+    if Radius(radius) is Radius.ABSOLUTE:
+        return 1.0
+    return _rms(output.detach().float() * mask, mask, NormLevel.TOKEN)
+
+
+def scale_length(epsilon: float, unit: float | Tensor) -> float | Tensor:
+    """``epsilon * unit``; an infinite radius stays the float inf (no bound), whatever the unit."""
+    return epsilon if math.isinf(epsilon) or isinstance(unit, float) and unit == 1.0 else epsilon * unit
 
 
 def finite_or_zero(grad: Tensor) -> tuple[Tensor, Tensor]:

@@ -23,13 +23,15 @@ from module.adversarial.delta import (
     device_of,
     finite_or_zero,
     initial_noise,
+    length_unit,
     perturb_output,
     position_mask,
+    scale_length,
 )
 from module.adversarial.gradient_attacks import check_non_negative
 from module.adversarial.hooks import RngSnapshot, add_to_output
 from module.adversarial.names import AdversarialMethodName
-from module.adversarial.norms import NormLevel, PNorm, normalize, project
+from module.adversarial.norms import NormLevel, PNorm, Radius, normalize, project
 
 __all__ = ["YOPO", "FreeAT", "FreeATConfig", "FreeLB", "FreeLBConfig", "YOPOConfig"]
 
@@ -54,20 +56,25 @@ class FreeLBConfig:
     ``init_mag / sqrt(L * d)`` per example (L its real length, d the width); K ascent steps, each one
     backward at weight 1/K that also accumulates the parameter gradient; delta moves by ``step_size``
     along its l2-normalised (per example) gradient and is projected onto the ``epsilon`` ball (inf: no
-    bound, the authors' default ``adv-max-norm 0``). Dropout masks are shared across the K passes. Defaults
-    are the authors' GLUE settings: K = 2, step 1e-1, init 1e-1."""
+    bound, the authors' default ``adv-max-norm 0``). Dropout masks are shared across the K passes. The
+    authors' GLUE settings are K = 2, step 1e-1, init 1e-1 in embedding units (``radius absolute``): about
+    1% of a 128-token BERT-base sentence's embedding norm but 2-3% of a short MiniLM one. The defaults keep
+    K = 2 and read step and init relative to each sentence's embedding norm: 0.02 each (``delta_ratio``
+    about 0.02 on any encoder)."""
 
     k: int = 2
-    step_size: float = 0.1
-    init_mag: float = 0.1
+    step_size: float = 0.02
+    init_mag: float = 0.02
     epsilon: float = math.inf
     p_norm: PNorm = PNorm.L2
     norm_level: NormLevel = NormLevel.SENTENCE
     dropout_replay: bool = True
+    radius: Radius = Radius.RELATIVE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "p_norm", PNorm(self.p_norm))
         object.__setattr__(self, "norm_level", NormLevel(self.norm_level))
+        object.__setattr__(self, "radius", Radius(self.radius))
         if self.k < 1:
             raise ValueError(f"FreeLB needs k >= 1 ascent steps, got {self.k}")
         check_non_negative("FreeLB", self, "step_size", "init_mag", "epsilon")
@@ -108,6 +115,7 @@ class FreeLB(AdversarialMethod):
             if step == 0:
                 output = seen.output.detach()
                 mask = position_mask(batch.token_mask, output)
+                unit = length_unit(config.radius, output, mask, config.p_norm, config.norm_level)
                 finite = finite.to(output.device)
                 total = total.to(output.device)
             loss = batch.loss(outputs)
@@ -120,7 +128,10 @@ class FreeLB(AdversarialMethod):
                 finite = finite & step_finite
                 direction = normalize(grad * mask, config.p_norm, config.norm_level)
                 delta = project(
-                    delta + config.step_size * direction, config.p_norm, config.epsilon, config.norm_level
+                    delta + scale_length(config.step_size, unit) * direction,
+                    config.p_norm,
+                    scale_length(config.epsilon, unit),
+                    config.norm_level,
                 )
         assert delta is not None
         return AdversarialStep(total, None, True, _step_stats(total, delta, output, mask, finite), delta)
@@ -131,7 +142,8 @@ class FreeLB(AdversarialMethod):
         # init_mag / sqrt(L * d): L the example's real positions, d the width.
         lengths = mask.reshape(mask.shape[0], -1).sum(dim=1).clamp_min(1)
         scale = self.config.init_mag / torch.sqrt(lengths * output.shape[-1])
-        return noise * scale.reshape(-1, *([1] * (output.dim() - 1)))
+        unit = length_unit(self.config.radius, output, mask, self.config.p_norm, self.config.norm_level)
+        return noise * scale.reshape(-1, *([1] * (output.dim() - 1))) * unit
 
 
 @dataclass(frozen=True)
@@ -140,12 +152,16 @@ class FreeATConfig:
     minibatch is replayed ``replays`` (m) times; each replay's one backward updates the parameters (one
     optimizer step) and the perturbation, ``delta <- clip(delta + eps * sign(g), -eps, eps)``. The paper
     uses m = 8 on CIFAR-10 and 4 on ImageNet; m = 2 keeps a language-model epoch affordable. The
-    perturbation starts at 0 for every batch (shapes differ between text batches)."""
+    perturbation starts at 0 for every batch (shapes differ between text batches). eps 1e-3 per coordinate
+    (``radius absolute``) is about 2% of a MiniLM token's norm; ``radius relative`` reads it as a fraction of
+    each token's root-mean-square coordinate."""
 
     replays: int = 2
     epsilon: float = 1e-3
+    radius: Radius = Radius.ABSOLUTE
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "radius", Radius(self.radius))
         if self.replays < 1:
             raise ValueError(f"FreeAT needs replays >= 1, got {self.replays}")
         check_non_negative("FreeAT", self, "epsilon")
@@ -167,7 +183,6 @@ class FreeAT(AdversarialMethod):
         return self.config.replays
 
     def __call__(self, batch: AdversarialBatch) -> AdversarialStep:
-        epsilon = self.config.epsilon
         if batch.replay == 0:
             self._deltas.pop(batch.key, None)
         previous = self._deltas.get(batch.key)
@@ -188,7 +203,11 @@ class FreeAT(AdversarialMethod):
         grad = seen.delta.grad if seen.delta.grad is not None else torch.zeros_like(used)
         grad, finite = finite_or_zero(grad)
         if batch.replay + 1 < self.replays:
-            self._deltas[batch.key] = (used + epsilon * grad.sign()).clamp(-epsilon, epsilon) * mask
+            unit = length_unit(self.config.radius, output, mask, PNorm.INF, NormLevel.TOKEN)
+            epsilon = scale_length(self.config.epsilon, unit)
+            self._deltas[batch.key] = (
+                project(used + epsilon * grad.sign(), PNorm.INF, epsilon, NormLevel.TOKEN) * mask
+            )
         else:
             self._deltas.pop(batch.key, None)
         return AdversarialStep(loss.detach(), None, True, _step_stats(loss, used, output, mask, finite), used)
@@ -200,14 +219,16 @@ class YOPOConfig:
     per batch - their parameter gradients averaged into one update - and after each, ``k`` (n) cheap
     updates of the perturbation that rerun only the first layer f0 with the rest of the network's co-state
     p = dJ/d f0 frozen: ``delta <- clip(delta + step_size * sign(grad_delta <p, f0(x + delta)>), -eps, eps)``.
-    The paper's YOPO-5-3 uses step = eps / 4; delta starts uniform in the eps ball."""
+    The paper's YOPO-5-3 uses step = eps / 4; delta starts uniform in the eps ball. ``radius`` as FreeAT's."""
 
     outer_steps: int = 2
     k: int = 3
     step_size: float = 2.5e-4
     epsilon: float = 1e-3
+    radius: Radius = Radius.ABSOLUTE
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "radius", Radius(self.radius))
         if self.outer_steps < 1 or self.k < 1:
             raise ValueError(f"YOPO needs outer_steps >= 1 and k >= 1, got {self.outer_steps}, {self.k}")
         check_non_negative("YOPO", self, "step_size", "epsilon")
@@ -257,30 +278,39 @@ class YOPO(AdversarialMethod):
             costate, step_finite = finite_or_zero(call.costate())
             finite = finite & step_finite
             if not last:
-                delta = self._inner_updates(delta, costate, call, rng, mask)
+                delta = self._inner_updates(delta, costate, call, rng, mask, output)
         assert delta is not None
         return AdversarialStep(total, None, True, _step_stats(total, delta, output, mask, finite), delta)
 
     def _inner_updates(
-        self, delta: Tensor, costate: Tensor, call: _FirstLayerCall, rng: RngSnapshot, mask: Tensor
+        self,
+        delta: Tensor,
+        costate: Tensor,
+        call: _FirstLayerCall,
+        rng: RngSnapshot,
+        mask: Tensor,
+        output: Tensor,
     ) -> Tensor:
         """n sign-ascent steps on <p, f0(x + delta)>, rerunning only the first layer."""
         config = self.config
+        unit = length_unit(config.radius, output, mask, PNorm.INF, NormLevel.TOKEN)
+        step_size, epsilon = scale_length(config.step_size, unit), scale_length(config.epsilon, unit)
         for _ in range(config.k):
             delta = _leaf(delta)
             with add_to_output(self.target, delta), rng.replay():
                 first_output = call.rerun(self.first_layer)
             (grad,) = torch.autograd.grad((costate * first_output.float()).sum(), delta)
             grad, _ = finite_or_zero(grad)
-            delta = (delta.detach() + config.step_size * grad.sign()).clamp(
-                -config.epsilon, config.epsilon
-            ) * mask
+            delta = (
+                project(delta.detach() + step_size * grad.sign(), PNorm.INF, epsilon, NormLevel.TOKEN) * mask
+            )
         return delta
 
     def _initial_delta(self, output: Tensor, batch: AdversarialBatch) -> Tensor:
         mask = position_mask(batch.token_mask, output)
         noise = initial_noise(output, batch.noise_seeds, mask, distribution="uniform")
-        return noise * self.config.epsilon
+        unit = length_unit(self.config.radius, output, mask, PNorm.INF, NormLevel.TOKEN)
+        return noise * scale_length(self.config.epsilon, unit)
 
 
 class _FirstLayerCall:

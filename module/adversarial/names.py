@@ -18,3 +18,4 @@ class AdversarialMethodName(StrEnum):
     FREEAT = "freeat"
     YOPO = "yopo"
     FREELB = "freelb"
+    RDROP = "rdrop"

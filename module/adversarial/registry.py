@@ -19,7 +19,7 @@ from module.adversarial.free import YOPO, FreeAT, FreeATConfig, FreeLB, FreeLBCo
 from module.adversarial.gradient_attacks import FGM, FGSM, PGD, FGMConfig, FGSMConfig, PGDConfig
 from module.adversarial.names import AdversarialMethodName
 from module.adversarial.smart import SmartConfig
-from module.adversarial.virtual import ALUM, R3F, R4F, ALUMConfig, R3FConfig, Smart
+from module.adversarial.virtual import ALUM, R3F, R4F, ALUMConfig, R3FConfig, RDrop, RDropConfig, Smart
 
 __all__ = ["METHODS", "MethodSpec", "build_method", "method_parameters"]
 
@@ -55,6 +55,9 @@ METHODS: Mapping[AdversarialMethodName, MethodSpec] = _specs(
     MethodSpec(AdversarialMethodName.FREEAT, FreeAT, FreeATConfig, "m replays per batch, one update each"),
     MethodSpec(AdversarialMethodName.YOPO, YOPO, YOPOConfig, "m full passes, n first-layer-only updates"),
     MethodSpec(AdversarialMethodName.FREELB, FreeLB, FreeLBConfig, "K ascent steps, gradients averaged"),
+    MethodSpec(
+        AdversarialMethodName.RDROP, RDrop, RDropConfig, "two dropout passes made consistent, no perturbation"
+    ),
 )
 
 

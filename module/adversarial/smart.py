@@ -31,11 +31,14 @@ from module.adversarial.delta import (
     device_of,
     finite_or_zero,
     initial_noise,
+    length_unit,
+    noise_unit,
     position_mask,
     run_with_delta,
+    scale_length,
 )
 from module.adversarial.hooks import RngSnapshot, capture_output
-from module.adversarial.norms import NormLevel, PNorm, normalize, project
+from module.adversarial.norms import NormLevel, PNorm, Radius, normalize, project
 
 __all__ = ["AdversarialResult", "Divergence", "SmartConfig", "SmartPerturbation"]
 
@@ -48,7 +51,14 @@ class SmartConfig:
 
     ``noise_var`` keeps mt-dnn's flag name but is the *standard deviation* of the initial noise, as in
     mt-dnn's code and the paper (sigma = 1e-5). ``epsilon`` is a true radius: every delta ends inside the
-    ``p_norm`` ball of that radius, per token or per sentence (``norm_level``).
+    ``p_norm`` ball of that radius, per token or per sentence (``norm_level``). ``radius`` ``absolute`` (the
+    paper) reads ``noise_var``, ``step_size`` and ``epsilon`` in embedding units; ``relative`` reads them as
+    fractions of each token's (sentence's) own embedding size (``delta.length_unit``).
+
+    ``dropout_replay``: False (the default, and how mt-dnn's code ran SMART) draws new dropout masks in the
+    perturbed passes, so the divergence also measures two dropout samples of the model (an R-Drop-like
+    consistency term on top of the perturbation); True replays the clean pass's masks, so the divergence
+    measures the perturbation alone.
     """
 
     alpha: float = 1.0
@@ -59,10 +69,12 @@ class SmartConfig:
     p_norm: PNorm = PNorm.INF
     norm_level: NormLevel = NormLevel.TOKEN
     dropout_replay: bool = False
+    radius: Radius = Radius.ABSOLUTE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "p_norm", PNorm(self.p_norm))
         object.__setattr__(self, "norm_level", NormLevel(self.norm_level))
+        object.__setattr__(self, "radius", Radius(self.radius))
         if self.k < 1:
             raise ValueError(f"SMART needs at least one inner step (k >= 1), got {self.k}")
         for name in ("alpha", "step_size", "noise_var", "epsilon"):
@@ -125,8 +137,11 @@ class SmartPerturbation:
         embedded = captured.value
         assert embedded is not None  # capture_output checked that the target ran once
         mask = position_mask(token_mask, embedded)
+        unit = length_unit(config.radius, embedded, mask, config.p_norm, config.norm_level)
+        step_size, epsilon = scale_length(config.step_size, unit), scale_length(config.epsilon, unit)
+        noise_scale = scale_length(config.noise_var, noise_unit(config.radius, embedded, mask))
 
-        delta = initial_noise(embedded, noise_seeds, mask) * config.noise_var * mask
+        delta = initial_noise(embedded, noise_seeds, mask) * noise_scale * mask
         finite = torch.ones((), dtype=torch.bool, device=embedded.device)
         target_outputs = outputs.detach()
         for _ in range(config.k):
@@ -137,9 +152,7 @@ class SmartPerturbation:
             grad, step_finite = finite_or_zero(grad)
             finite = finite & step_finite
             step = normalize(grad, config.p_norm, config.norm_level)
-            delta = project(
-                delta.detach() + config.step_size * step, config.p_norm, config.epsilon, config.norm_level
-            )
+            delta = project(delta.detach() + step_size * step, config.p_norm, epsilon, config.norm_level)
         # A non-finite inner gradient turns the term off for this batch: delta 0, term 0, gradients finite.
         delta = torch.where(finite, delta, 0.0) * mask
         adversarial = run_with_delta(self.target, perturbed_run, delta, rng)

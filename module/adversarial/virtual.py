@@ -1,5 +1,6 @@
 """Virtual adversarial methods - the perturbation attacks the model's own output, not the labels: SMART,
-ALUM (SMART's inner loop without the Bregman step) and R3F/R4F (random noise, no ascent)."""
+ALUM (SMART's inner loop without the Bregman step) and R3F/R4F (random noise, no ascent); and R-Drop, their
+control without any perturbation (two dropout samples of the model made consistent)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,25 @@ import torch
 from torch import Tensor, nn
 
 from module.adversarial.base import AdversarialBatch, AdversarialMethod, AdversarialStep
-from module.adversarial.delta import delta_ratio, position_mask, run_with_delta
+from module.adversarial.delta import delta_ratio, noise_unit, position_mask, run_with_delta, scale_length
 from module.adversarial.gradient_attacks import check_non_negative
 from module.adversarial.hooks import capture_output
 from module.adversarial.names import AdversarialMethodName
+from module.adversarial.norms import Radius
 from module.adversarial.smart import SmartConfig, SmartPerturbation
 
-__all__ = ["ALUM", "ALUMConfig", "NoiseType", "R3F", "R3FConfig", "R4F", "Smart", "spectral_normalize"]
+__all__ = [
+    "ALUM",
+    "ALUMConfig",
+    "NoiseType",
+    "R3F",
+    "R3FConfig",
+    "R4F",
+    "RDrop",
+    "RDropConfig",
+    "Smart",
+    "spectral_normalize",
+]
 
 
 class Smart(AdversarialMethod):
@@ -76,15 +89,21 @@ class NoiseType(StrEnum):
 @dataclass(frozen=True)
 class R3FConfig:
     """R3F (Aghajanyan et al. 2021, arXiv:2008.03156): ``J(x) + alpha KL_S(f(x) || f(x + z))`` with
-    z ~ N(0, sigma^2 I) or U(-sigma, sigma); the paper's sigma = 1e-5 and alpha (their lambda) in
-    {0.1, 0.5, 1, 5}, default 1. ``noise_var`` keeps our flag name for sigma (a standard deviation)."""
+    z ~ N(0, sigma^2 I) or U(-sigma, sigma); the paper's sigma = 1e-5 (``radius absolute``) and alpha (their
+    lambda) in {0.1, 0.5, 1, 5}, default 1. ``noise_var`` keeps our flag name for sigma (a standard
+    deviation). An absolute 1e-5 is ~2e-4 of a MiniLM token's norm, below the resolution of bf16 and fp16
+    forwards (the noise is rounded away) and of the same order as nothing in fp32, so the term is mostly a
+    dropout-consistency one. The default reads sigma relative to each token's root-mean-square coordinate:
+    0.01, noise of about 1% of the token's norm."""
 
     alpha: float = 1.0
-    noise_var: float = 1e-5
+    noise_var: float = 0.01
     noise_type: NoiseType = NoiseType.NORMAL
+    radius: Radius = Radius.RELATIVE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "noise_type", NoiseType(self.noise_type))
+        object.__setattr__(self, "radius", Radius(self.radius))
         check_non_negative("R3F", self, "alpha", "noise_var")
         if not math.isfinite(self.noise_var):
             raise ValueError(f"R3F noise_var must be finite, got {self.noise_var}")
@@ -106,7 +125,7 @@ class R3F(AdversarialMethod):
         assert captured.value is not None
         output = captured.value
         mask = position_mask(batch.token_mask, output)
-        delta = self._noise(output) * mask
+        delta = self._noise(output) * scale_length(1.0, noise_unit(self.config.radius, output, mask)) * mask
         value = divergence(run_with_delta(self.target, batch.inner_run, delta), outputs)
         loss = batch.loss(outputs) + self.config.alpha * value
         stats = {
@@ -130,6 +149,43 @@ class R4F(R3F):
 
     def prepare(self, model: nn.Module) -> None:
         spectral_normalize(model)
+
+
+@dataclass(frozen=True)
+class RDropConfig:
+    """R-Drop (Liang et al. 2021, arXiv:2106.14448): two forward passes of the same batch with independent
+    dropout masks, ``mean(J(f1), J(f2)) + alpha * D(f1, f2)`` with gradients through both passes. ``D`` is the
+    task's divergence: symmetric KL ``KL(p1||p2) + KL(p2||p1)`` for classification and ranking, squared error
+    for regression. The paper writes ``J1 + J2 + a/2 * D``; halved, that is ``alpha = a / 4`` here. The
+    default ``alpha`` = 1 is SMART's weight: SMART at a tiny epsilon without dropout replay computes nearly
+    the same term (its perturbed pass is a second dropout sample), so R-Drop is the control for that
+    effect."""
+
+    alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_non_negative("R-Drop", self, "alpha")
+
+
+class RDrop(AdversarialMethod):
+    """Two dropout samples, both trained on the task, pulled together; no perturbation (``delta_ratio`` 0).
+    Without dropout (eval mode, or dropout 0) the two passes agree and the term is 0."""
+
+    name = AdversarialMethodName.RDROP
+
+    def __init__(self, target: nn.Module, config: RDropConfig | None = None) -> None:
+        super().__init__(target)
+        self.config = config or RDropConfig()
+
+    def __call__(self, batch: AdversarialBatch) -> AdversarialStep:
+        divergence = batch.require_divergence(self.name)
+        outputs = batch.run()
+        second = batch.inner_run()  # new dropout masks: the global RNG has moved on
+        value = divergence(outputs, second)
+        loss = (batch.loss(outputs) + batch.loss(second)) / 2 + self.config.alpha * value
+        zero = torch.zeros((), device=outputs.device)
+        stats = {"adv_loss": value.detach(), "delta_ratio": zero, "adv_skipped": zero}
+        return AdversarialStep(loss, outputs, False, stats, None)
 
 
 def spectral_normalize(head: nn.Module) -> None:

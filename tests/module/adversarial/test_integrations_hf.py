@@ -31,6 +31,7 @@ FAST_PARAMS: dict[str, dict[str, Any]] = {
     "freeat": {"replays": 1, "epsilon": 1e-2},
     "yopo": {"outer_steps": 2, "k": 2, "epsilon": 1e-2, "step_size": 5e-3},
     "freelb": {"k": 2},
+    "rdrop": {},
 }
 
 

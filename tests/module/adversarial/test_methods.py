@@ -40,6 +40,7 @@ ZERO_STRENGTH: dict[str, dict[str, Any]] = {
     "freeat": {"epsilon": 0.0, "replays": 1},
     "yopo": {"epsilon": 0.0},
     "freelb": {"init_mag": 0.0, "step_size": 0.0},
+    "rdrop": {"alpha": 0.0},
 }
 
 
@@ -142,7 +143,15 @@ def test_build_method_names_the_parameters_it_takes() -> None:
 # ------------------------------------------------------------------ bounds and padding
 
 
-@pytest.mark.parametrize("name", ALL)
+def token_rms(output: Tensor, mask: Tensor) -> Tensor:
+    """Each token's root-mean-square coordinate ``[B, L, 1]`` (0 on padding), computed here."""
+    return (output * mask.unsqueeze(-1)).pow(2).mean(-1, keepdim=True).sqrt()
+
+
+PERTURBING = [name for name in ALL if name != "rdrop"]
+
+
+@pytest.mark.parametrize("name", PERTURBING)
 def test_the_perturbation_is_zero_on_padding_and_inside_its_ball(name: str) -> None:
     model, ids, mask, labels = token_problem()
     method = build_method(name, model.embed)
@@ -152,26 +161,35 @@ def test_the_perturbation_is_zero_on_padding_and_inside_its_ball(name: str) -> N
     assert torch.all(delta[mask == 0] == 0)
     assert torch.isfinite(step.loss) and step.stats["adv_skipped"] == 0
     config = method.config  # type: ignore[attr-defined]
-    if name in ("fgsm", "freeat", "yopo", "smart", "alum"):
+    embedded = model.embed(ids).detach() * mask.unsqueeze(-1)
+    if name == "fgsm":  # relative by default: each coordinate within eps x its token's rms coordinate
+        assert torch.all(delta.abs() <= config.epsilon * token_rms(embedded, mask) * (1 + 1e-5))
+        assert step.stats["delta_ratio"] == pytest.approx(config.epsilon, rel=0.05)
+    elif name in ("freeat", "yopo", "smart", "alum"):
         assert delta.abs().max() <= config.epsilon * (1 + 1e-6)
-    elif name in ("fgm", "pgd"):
-        assert torch.all(norm(delta, "l2", "sentence") <= config.epsilon * (1 + 1e-5))
+    elif name in ("fgm", "pgd"):  # relative by default: eps x each sentence's embedding norm
+        bound = config.epsilon * norm(embedded, "l2", "sentence")
+        assert torch.all(norm(delta, "l2", "sentence") <= bound * (1 + 1e-5))
+        assert step.stats["delta_ratio"] <= config.epsilon * (1 + 1e-5)
     elif name == "freelb":
         lengths = mask.sum(1)  # the initial uniform draw is bounded by init_mag / sqrt(L d) per example
         assert torch.all(norm(delta, "l2", "sentence") > 0) and math.isinf(config.epsilon)
         assert lengths.min() > 0
-    else:  # r3f / r4f: N(0, sigma^2) noise
-        assert 0 < delta.abs().max() < 10 * config.noise_var
+    else:  # r3f / r4f: N(0, sigma^2) noise, sigma relative to each token's rms coordinate by default
+        assert (
+            torch.all(delta.abs() <= 10 * config.noise_var * token_rms(embedded, mask))
+            and delta.abs().max() > 0
+        )
 
 
 def test_freelb_respects_a_finite_ball_and_its_initial_scale() -> None:
     model, ids, mask, labels = token_problem()
-    method = build_method("freelb", model.embed, k=1, init_mag=0.5)
+    method = build_method("freelb", model.embed, k=1, init_mag=0.5, radius="absolute")
     torch.manual_seed(3)
     step = method.train_step(token_batch(model, ids, mask, labels))
     bound = 0.5 / torch.sqrt(mask.sum(1) * 8)  # per example, every entry of delta_0
     assert torch.all(step.delta.abs().amax(dim=(1, 2)) <= bound)
-    bounded = build_method("freelb", model.embed, k=3, step_size=1.0, epsilon=0.05)
+    bounded = build_method("freelb", model.embed, k=3, step_size=1.0, epsilon=0.05, radius="absolute")
     step = bounded.train_step(token_batch(model, ids, mask, labels))
     assert torch.all(norm(step.delta, "l2", "sentence") <= 0.05 * (1 + 1e-5))
 
@@ -181,7 +199,7 @@ def test_freelb_respects_a_finite_ball_and_its_initial_scale() -> None:
 
 def test_fgsm_is_a_signed_step_and_the_papers_mixture() -> None:
     model, ids, mask, labels = token_problem()
-    method = build_method("fgsm", model.embed, epsilon=0.01, alpha=0.3)
+    method = build_method("fgsm", model.embed, epsilon=0.01, alpha=0.3, radius="absolute")
     step = method(token_batch(model, ids, mask, labels))
     grad = embedding_gradient(model, ids, mask, labels, torch.zeros(4, 6, 8))
     expected = 0.01 * grad.sign() * mask.unsqueeze(-1)
@@ -193,7 +211,9 @@ def test_fgsm_is_a_signed_step_and_the_papers_mixture() -> None:
 
 def test_fgm_is_the_gradient_normalised_per_example() -> None:
     model, ids, mask, labels = token_problem()
-    step = build_method("fgm", model.embed, epsilon=0.5)(token_batch(model, ids, mask, labels))
+    step = build_method("fgm", model.embed, epsilon=0.5, radius="absolute")(
+        token_batch(model, ids, mask, labels)
+    )
     grad = embedding_gradient(model, ids, mask, labels, torch.zeros(4, 6, 8)) * mask.unsqueeze(-1)
     expected = 0.5 * grad / grad.flatten(1).norm(dim=1).reshape(-1, 1, 1)
     torch.testing.assert_close(step.delta, expected)
@@ -204,7 +224,7 @@ def test_fgm_is_the_gradient_normalised_per_example() -> None:
 
 def test_pgd_takes_k_projected_steps_from_zero() -> None:
     model, ids, mask, labels = token_problem()
-    step = build_method("pgd", model.embed, k=3, step_size=0.2, epsilon=0.3)(
+    step = build_method("pgd", model.embed, k=3, step_size=0.2, epsilon=0.3, radius="absolute")(
         token_batch(model, ids, mask, labels)
     )
     delta = torch.zeros(4, 6, 8)
@@ -222,9 +242,9 @@ def test_freelb_gradient_is_the_mean_of_the_k_adversarial_gradients() -> None:
     model, ids, mask, labels = token_problem()
     k, step_size, init_mag = 3, 0.1, 0.2
     torch.manual_seed(7)
-    step = build_method("freelb", model.embed, k=k, step_size=step_size, init_mag=init_mag).train_step(
-        token_batch(model, ids, mask, labels)
-    )
+    step = build_method(
+        "freelb", model.embed, k=k, step_size=step_size, init_mag=init_mag, radius="absolute"
+    ).train_step(token_batch(model, ids, mask, labels))
     library = grads(model)
     model.zero_grad()
 
@@ -307,9 +327,9 @@ def test_yopo_inner_updates_rerun_only_the_first_layer() -> None:
 def test_r3f_adds_the_symmetric_kl_to_noised_outputs() -> None:
     model, ids, mask, labels = token_problem()
     torch.manual_seed(5)
-    step = build_method("r3f", model.embed, alpha=2.0, noise_var=0.1, noise_type="uniform")(
-        token_batch(model, ids, mask, labels)
-    )
+    step = build_method(
+        "r3f", model.embed, alpha=2.0, noise_var=0.1, noise_type="uniform", radius="absolute"
+    )(token_batch(model, ids, mask, labels))
     torch.manual_seed(5)
     noise = (torch.rand(4, 6, 8) * 2 - 1) * 0.1 * mask.unsqueeze(-1)
     torch.testing.assert_close(step.delta, noise)
@@ -400,7 +420,92 @@ def test_every_method_trains_the_sequential_example(name: str) -> None:
     assert math.isfinite(last) and last < first / 20, (first, last)
 
 
-def test_freelb_defaults_are_the_authors() -> None:
+def test_freelb_defaults_are_relative_with_the_authors_k() -> None:
     config = FreeLBConfig()
-    assert (config.k, config.step_size, config.init_mag, config.dropout_replay) == (2, 0.1, 0.1, True)
-    assert math.isinf(config.epsilon)
+    assert (config.k, config.step_size, config.init_mag, config.dropout_replay) == (2, 0.02, 0.02, True)
+    assert math.isinf(config.epsilon) and config.radius == "relative"
+
+
+# ------------------------------------------------------------------ relative radii and the batch level
+
+
+def test_fgm_relative_radius_is_a_fraction_of_each_sentences_embedding_norm() -> None:
+    model, ids, mask, labels = token_problem()
+    step = build_method("fgm", model.embed, epsilon=0.1)(token_batch(model, ids, mask, labels))
+    embedded = model.embed(ids).detach() * mask.unsqueeze(-1)
+    grad = embedding_gradient(model, ids, mask, labels, torch.zeros(4, 6, 8)) * mask.unsqueeze(-1)
+    sentence_norms = embedded.flatten(1).norm(dim=1).reshape(-1, 1, 1)
+    expected = 0.1 * sentence_norms * grad / grad.flatten(1).norm(dim=1).reshape(-1, 1, 1)
+    torch.testing.assert_close(step.delta, expected)
+    # l2 per sentence at the boundary: the logged ratio is eps exactly.
+    assert step.stats["delta_ratio"] == pytest.approx(0.1, rel=1e-5)
+
+
+def test_the_relative_ball_scales_with_the_embeddings() -> None:
+    """The same relative radius on embeddings 10x larger gives a perturbation 10x larger (same ratio)."""
+    model, ids, mask, labels = token_problem()
+    small = build_method("pgd", model.embed)(token_batch(model, ids, mask, labels))
+    with torch.no_grad():
+        model.embed.weight.mul_(10)
+        model.mix.weight.div_(10)  # the same function of the input: only the embedding scale changed
+    large = build_method("pgd", model.embed)(token_batch(model, ids, mask, labels))
+    torch.testing.assert_close(large.delta, 10 * small.delta, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(large.stats["delta_ratio"], small.stats["delta_ratio"], rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("p_norm", ["l2", "inf", "l1"])
+def test_a_relative_smart_ball_bounds_every_token_and_keeps_padding_zero(p_norm: str) -> None:
+    model, ids, mask, labels = token_problem()
+    method = build_method(
+        "smart", model.embed, radius="relative", epsilon=0.05, step_size=1.0, noise_var=0.01, p_norm=p_norm
+    )
+    step = method(token_batch(model, ids, mask, labels))
+    embedded = model.embed(ids).detach() * mask.unsqueeze(-1)
+    if p_norm == "inf":
+        bound = 0.05 * token_rms(embedded, mask).squeeze(-1)
+        assert torch.all(norm(step.delta, "inf", "token") <= bound * (1 + 1e-5))
+    else:
+        bound = 0.05 * norm(embedded, p_norm, "token")
+        assert torch.all(norm(step.delta, p_norm, "token") <= bound * (1 + 1e-5))
+    assert torch.all(step.delta[mask == 0] == 0)
+    assert step.stats["delta_ratio"] > 0.02  # one unit ascent step reaches the boundary
+
+
+def test_batch_level_fgm_normalises_over_the_whole_batch() -> None:
+    """The widely copied FGM recipe: r = eps g / ||g|| with the norm over every token of the batch."""
+    model, ids, mask, labels = token_problem()
+    step = build_method("fgm", model.embed, epsilon=0.5, radius="absolute", norm_level="batch")(
+        token_batch(model, ids, mask, labels)
+    )
+    grad = embedding_gradient(model, ids, mask, labels, torch.zeros(4, 6, 8)) * mask.unsqueeze(-1)
+    torch.testing.assert_close(step.delta, 0.5 * grad / grad.norm())
+    assert float(norm(step.delta, "l2", "batch")) == pytest.approx(0.5, rel=1e-5)
+
+
+# ------------------------------------------------------------------ R-Drop
+
+
+def test_rdrop_is_the_mean_task_loss_plus_the_divergence_of_two_dropout_samples() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.3), nn.Linear(16, 3))
+    x, labels = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    batch = AdversarialBatch(
+        run=lambda: model(x),
+        loss=lambda logits: F.cross_entropy(logits, labels),
+        divergence=functools.partial(divergence, LossName.SYM_KL),
+    )
+    torch.manual_seed(1)
+    step = build_method("rdrop", model[0], alpha=0.7)(batch)
+    torch.manual_seed(1)
+    first, second = model(x), model(x)  # the same two dropout draws, in the same order
+    p, q = F.log_softmax(first, -1), F.log_softmax(second, -1)
+    sym_kl = F.kl_div(q, p, log_target=True, reduction="batchmean") + F.kl_div(
+        p, q, log_target=True, reduction="batchmean"
+    )
+    task = (F.cross_entropy(first, labels) + F.cross_entropy(second, labels)) / 2
+    torch.testing.assert_close(step.loss, task + 0.7 * sym_kl)
+    torch.testing.assert_close(step.stats["adv_loss"], sym_kl.detach())
+    assert step.stats["adv_loss"] > 0 and step.delta is None and step.stats["delta_ratio"] == 0
+    torch.testing.assert_close(step.outputs, first)
+    model.eval()  # no dropout: the two passes agree, the term vanishes
+    assert build_method("rdrop", model[0])(batch).stats["adv_loss"] == pytest.approx(0.0, abs=1e-7)
