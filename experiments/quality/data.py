@@ -1,5 +1,7 @@
-"""Each (training-set size, seed) of the grid gets its own data folder: the train subsamples of every grid
-task, the (optionally capped) dev and test splits, and their token-id cache.
+"""Each (training-set size, seed) of the grid gets its own data folder: the train subsamples of the grid tasks
+that a cell of that size and seed trains (built when the first such cell needs them; with per-task sizes a
+folder holds only the tasks of its size), the (optionally capped) dev and test splits, and their token-id
+cache.
 
 The train subsample of a task for (n, seed) is the first n rows of one seeded permutation of its train split
 (``quality:<task>:train:<seed>``), kept in file order. So it depends on the task, n and the seed only, never
@@ -48,29 +50,55 @@ def data_folder(output_dir: Path, n_train: int, seed: int) -> Path:
     return output_dir / "data" / f"n{n_train}-s{seed}"
 
 
-def _split_rows(grid: Grid, task_def: TaskDef, split: str, n_train: int, seed: int) -> list[Row]:
+def _source(grid: Grid, task_def: TaskDef, split: str) -> Path:
     source = grid.data_dir / f"{task_def.name}_{split}.jsonl"
     if not source.is_file():
         raise UserError(
             f"{source}: not found (key 'data_dir' of {grid.path}); write it with "
             f"python experiments/demo/prepare.py --output_dir {grid.data_dir} --tasks {task_def.name}"
         )
+    return source
+
+
+def _check_size(grid: Grid, task: str, n_train: int, source: Path, available: int) -> None:
+    if available < n_train:
+        key = f"n_train.{task}" if grid.n_train_by_task else "n_train"
+        raise UserError(
+            f"{grid.path}: key '{key}': {n_train} rows asked, {source} has {available} "
+            "(prepare the task without --max_train, or lower n_train)"
+        )
+
+
+def check_sizes(grid: Grid, task_defs: dict[str, TaskDef]) -> None:
+    """Before any run: every task's train split has rows enough for its largest size (the data folders are
+    built cell by cell, so this would otherwise fail only when the first cell of that task comes)."""
+    for task in grid.tasks:
+        source = _source(grid, task_defs[task], task_defs[task].train_split)
+        with source.open(encoding="utf-8") as handle:
+            available = sum(1 for line in handle if line.strip())
+        _check_size(grid, task, max(grid.sizes(task)), source, available)
+
+
+def _split_rows(grid: Grid, task_def: TaskDef, split: str, n_train: int, seed: int) -> list[Row]:
+    source = _source(grid, task_def, split)
     rows = read_jsonl_rows(source)
     if split == task_def.train_split:
-        if len(rows) < n_train:
-            raise UserError(
-                f"{grid.path}: key 'n_train': {n_train} rows asked, {source} has {len(rows)} "
-                "(prepare the task without --max_train, or lower n_train)"
-            )
+        _check_size(grid, task_def.name, n_train, source, len(rows))
         return train_subsample(rows, n_train, task_def.name, seed)
     limit = grid.n_test if split in task_def.test_splits else grid.n_dev
     return eval_subsample(rows, limit, task_def.name, split)
 
 
 def prepare_data(
-    grid: Grid, task_defs: dict[str, TaskDef], output_dir: Path, n_train: int, seed: int, model: str
+    grid: Grid,
+    task_defs: dict[str, TaskDef],
+    output_dir: Path,
+    n_train: int,
+    seed: int,
+    model: str,
+    tasks: Sequence[str],
 ) -> Path:
-    """The cache folder for (n_train, seed) with every grid task in it; builds what is missing.
+    """The cache folder for (n_train, seed) with ``tasks`` in it (a cell's); builds what is missing.
 
     A task counts as present once the cache's manifest (written last, atomically) lists all its splits, so a
     kill while building leaves it missing and it is built again. A folder built with other settings
@@ -99,7 +127,7 @@ def prepare_data(
     listed = read_manifest(cache).get("splits", {})
     missing = [
         task
-        for task in grid.tasks
+        for task in tasks
         if not all(f"{task}_{split}" in listed for split in task_defs[task].split_names)
     ]
     for task in missing:

@@ -2,7 +2,8 @@
 
 A line is appended (and fsynced) only after its run finished, so a row present means the cell is done. A kill
 in the middle of an append leaves a last line without its newline: ``read_results(..., repair=True)`` cuts it
-off (the run is redone); any other unreadable line is an error naming ``file:line``.
+off (the run is redone); any other unreadable line is an error naming ``file:line``. The fields after
+``train_argv`` came later: a row without them (an older results file) reads with None there.
 """
 
 from __future__ import annotations
@@ -36,9 +37,14 @@ class ResultRow:
     train_step_seconds: float  # that process's training time without evaluation and checkpoints
     wall_seconds: float  # that process's wall time, start-up, evaluation and checkpoints included
     resumed: bool  # continued a killed run with --resume
-    out_dir: str
-    flags: list[str]  # the grid's train.py flags for this cell (common, per size, method)
-    train_argv: list[str]  # the whole train.py command line
+    out_dir: str  # relative to the folder the grid ran in (older rows: as given, often absolute)
+    flags: list[str]  # the grid's train.py flags for this cell (common, per size, method, learning rate)
+    train_argv: list[str]  # the whole train.py command line, its paths portable (see paths.py)
+    learning_rate: float | None = None  # what the run trained with (None: not recorded)
+    lr_source: str | None = None  # a selected rate's origin: "tuned" (own tuning) or the source method
+    copy_of: str | None = None  # the tuning row (its method, M@lr=...) that this tune-seed row copies
+    best_step: int | None = None  # the best dev checkpoint's step; == steps: still improving at the end
+    epochs: int | None = None  # epochs completed (fewer than asked after an early stop)
 
     @property
     def key(self) -> Key:
@@ -47,6 +53,17 @@ class ResultRow:
     @property
     def seconds_per_step(self) -> float | None:
         return self.train_step_seconds / self.timed_steps if self.timed_steps > 0 else None
+
+    @property
+    def train_seconds(self) -> float | None:
+        """Training time of all the run's steps (per-step time x steps: a resumed run counts whole)."""
+        per_step = self.seconds_per_step
+        return per_step * self.steps if per_step is not None else None
+
+    @property
+    def not_converged(self) -> bool | None:
+        """True when the best checkpoint is the last step's (dev was still improving); None: unknown."""
+        return None if self.best_step is None else self.best_step >= self.steps
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=False)
@@ -71,8 +88,14 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "out_dir": (str,),
     "flags": (list,),
     "train_argv": (list,),
+    "learning_rate": (int, float, type(None)),
+    "lr_source": (str, type(None)),
+    "copy_of": (str, type(None)),
+    "best_step": (int, type(None)),
+    "epochs": (int, type(None)),
 }
 FIELDS = tuple(field.name for field in dataclasses.fields(ResultRow))
+OPTIONAL = frozenset(field.name for field in dataclasses.fields(ResultRow) if field.default is None)
 assert set(_TYPES) == set(FIELDS)
 
 
@@ -81,6 +104,8 @@ def parse_row(data: Any, where: str) -> ResultRow:
         raise UserError(f"{where}: expected a JSON object")
     for name in FIELDS:
         if name not in data:
+            if name in OPTIONAL:
+                continue
             raise UserError(f"{where}: key '{name}': missing")
         value = data[name]
         bad_bool = isinstance(value, bool) and bool not in _TYPES[name]
@@ -89,7 +114,7 @@ def parse_row(data: Any, where: str) -> ResultRow:
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise UserError(f"{where}: key '{unknown[0]}': unknown")
-    return ResultRow(**{name: data[name] for name in FIELDS})
+    return ResultRow(**{name: data[name] for name in FIELDS if name in data})
 
 
 def read_results(path: Path, *, repair: bool = False) -> list[ResultRow]:

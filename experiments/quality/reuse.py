@@ -4,8 +4,10 @@ Two grids often share cells: ``grid_mtl.yml``'s single-task cells are ``grid.yml
 cells. ``run_grid.py --reuse OTHER/results.jsonl`` takes such a row instead of training again, and only when
 nothing that decides the run differs: a single-task cell (a multi-task cell's checkpoint lives in the other
 output folder), the same key (method, task, size, seed), the same train.py flags, task definition and
-encoder (compared with the command line ``runs.train_argv`` gives the cell here), and byte-identical data
-(every split's JSONL and the cache's spec in the other run's data folder).
+encoder (compared with the command line ``runs.row_argv`` gives the cell here, both spelt by
+``paths.portable_path``, so a row of an older version with absolute paths compares too), and byte-identical
+data (every split's JSONL and the cache's spec in the other run's data folder). A tuned method's tune-seed row
+(a copy of its winning tuning run) is never taken: it is copied here from this grid's own tuning row.
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ from pathlib import Path
 
 from data_utils.task_def import TaskDef
 from experiments.quality.data import SPEC_FILE
-from experiments.quality.grid import Cell, Grid, Regime
+from experiments.quality.grid import Cell, CellKind, Grid, Regime
+from experiments.quality.paths import PATH_FLAGS, portable_path
 from experiments.quality.results import Key, ResultRow
-from experiments.quality.runs import train_argv
+from experiments.quality.runs import row_argv
 
 
 def _value(argv: list[str], flag: str) -> str | None:
-    return argv[argv.index(flag) + 1] if flag in argv[:-1] else None
+    if flag not in argv[:-1]:
+        return None
+    value = argv[argv.index(flag) + 1]
+    return portable_path(value) if flag in PATH_FLAGS else value
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -45,9 +51,9 @@ def why_not_reusable(
 ) -> str | None:
     """None when ``row`` is the run this grid would make for ``cell`` on the data in ``cache_dir``; else why
     not, in a few words."""
-    if row.flags != list(grid.flags(cell.method, cell.n_train)):
+    if row.flags != list(grid.cell_flags(cell)):
         return f"other train.py flags {row.flags}"
-    ours = train_argv(cell, grid, output_dir, cache_dir, model, resume=False)
+    ours = row_argv(cell, grid, output_dir, cache_dir, model, resume=False)
     for flag, what in _SAME_VALUES.items():
         if _value(row.train_argv, flag) != _value(ours, flag):
             return f"another {what} ({flag} {_value(row.train_argv, flag)})"
@@ -72,7 +78,7 @@ def reusable_rows(
     model: str,
 ) -> tuple[list[ResultRow] | None, str | None]:
     """(the rows to take for ``cell``, None) or (None, why not; None when the other file has no such row)."""
-    if cell.regime is not Regime.SINGLE:
+    if cell.regime is not Regime.SINGLE or cell.kind is CellKind.COPY:
         return None, None
     found = [candidates[key] for key in cell.row_keys() if key in candidates]
     if len(found) != len(cell.tasks):

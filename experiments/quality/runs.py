@@ -3,11 +3,13 @@
 A cell folder with ``last/trainer_state.pt`` (the run was killed after a checkpoint) is continued with
 ``--resume``, which reaches the same weights as an uninterrupted run; a folder without it is emptied and the
 run starts over. The runner is any ``(train.py argv, log path) -> exit status``; the default runs train.py in
-a subprocess (its memory is its own, and a kill of the grid kills it).
+a subprocess (its memory is its own, and a kill of the grid kills it). The runner gets absolute paths; the
+rows record them portably (``paths.py``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,7 +22,8 @@ from typing import Any
 
 from data_utils.errors import UserError
 from data_utils.task_def import TaskDef
-from experiments.quality.grid import Cell, Grid, Regime
+from experiments.quality.grid import LR_FLAG, Cell, CellKind, Grid, Regime
+from experiments.quality.paths import portable_argv, portable_path
 from experiments.quality.results import ResultRow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +66,14 @@ def train_argv(
     ]  # fmt: skip
     if resume:
         argv.append("--resume")
-    return argv + list(grid.flags(cell.method, cell.n_train))
+    return argv + list(grid.cell_flags(cell))
+
+
+def row_argv(
+    cell: Cell, grid: Grid, output_dir: Path, cache_dir: Path, model: str, *, resume: bool
+) -> list[str]:
+    """``train_argv`` as a row records it (portable paths): what ``reuse.py`` compares a row with."""
+    return portable_argv(train_argv(cell, grid, output_dir, cache_dir, model, resume=resume))
 
 
 def _checkpoint_metadata(folder: Path) -> dict[str, Any]:
@@ -99,6 +109,8 @@ def run_cell(
     runner: Runner,
 ) -> list[ResultRow]:
     """Run (or continue) one cell and return its rows; a failed run is one error line naming its log."""
+    if cell.kind is CellKind.COPY or cell.pending:
+        raise ValueError(f"{cell.describe()}: not a cell to train")
     out = cell.out_dir(output_dir)
     if (
         cell.regime is Regime.MTL_FINETUNE
@@ -134,7 +146,7 @@ def run_cell(
         rows.append(
             ResultRow(
                 regime=cell.regime.value,
-                method=cell.method,
+                method=cell.row_method,
                 task=task,
                 n_train=cell.n_train,
                 seed=cell.seed,
@@ -148,12 +160,35 @@ def run_cell(
                 train_step_seconds=round(float(step_seconds), 3),
                 wall_seconds=round(wall, 3),
                 resumed=resumed_from is not None,
-                out_dir=str(out),
-                flags=list(grid.flags(cell.method, cell.n_train)),
-                train_argv=argv,
+                out_dir=portable_path(out),
+                flags=list(grid.cell_flags(cell)),
+                train_argv=portable_argv(argv),
+                learning_rate=_learning_rate(results, argv),
+                lr_source=cell.lr_source,
+                best_step=_optional_step(results.get("best_step")),
+                epochs=_optional_step(results.get("epochs")),
             )
         )
     return rows
+
+
+def _learning_rate(results: dict[str, Any], argv: list[str]) -> float | None:
+    """The rate the run trained with: train.py's recorded config, else the last --learning_rate flag."""
+    recorded = results.get("config", {}).get("learning_rate")
+    if isinstance(recorded, int | float) and not isinstance(recorded, bool):
+        return float(recorded)
+    values = [argv[index + 1] for index, flag in enumerate(argv[:-1]) if flag == LR_FLAG]
+    return float(values[-1]) if values else None
+
+
+def _optional_step(value: Any) -> int | None:
+    """A step or epoch count from results.json; None when absent (or -1: no best checkpoint)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def copied_row(row: ResultRow, cell: Cell) -> ResultRow:
+    """The tune-seed row of a tuned method: its winning tuning run's row, under the method's own name."""
+    return dataclasses.replace(row, method=cell.method, lr_source=cell.lr_source, copy_of=row.method)
 
 
 def clean_up(cell: Cell, grid: Grid, output_dir: Path) -> None:

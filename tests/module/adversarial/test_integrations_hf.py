@@ -169,7 +169,7 @@ def test_backward_owning_methods_scale_for_gradient_accumulation(tmp_path: Path)
     [
         ("fgm", {"alpha": 0.5}),
         ("smart", {"alpha": 2.0, "epsilon": 1e-1, "step_size": 1e-1, "noise_var": 1e-2}),
-        ("r3f", {"alpha": 2.0, "noise_var": 1e-1}),
+        ("r3f", {"alpha": 2.0, "noise_var": 1e-1, "radius": "absolute"}),
     ],
 )
 def test_the_adversarial_term_is_added(name: str, params: dict[str, Any], tmp_path: Path) -> None:
