@@ -21,6 +21,7 @@ from data_utils.cache import load_split
 from experiments.quality import run_grid
 from experiments.quality.data import first_of_permutation, train_subsample
 from experiments.quality.grid import Regime, check_train_flags, load_grid
+from experiments.quality.paths import portable_path
 from experiments.quality.results import FIELDS, read_results
 from experiments.quality.runs import LOG_FILE
 from tests.conftest import TINY_WORDS
@@ -79,8 +80,9 @@ class FakeTrain:
         self._checkpoint(out / "best", {"step": TOTAL_STEPS, "eval": dev})
         self._checkpoint(out / "last", {"step": TOTAL_STEPS, "eval": dev})
         (out / "last" / "trainer_state.pt").write_bytes(b"state")
-        results = {"finished": True, "steps": TOTAL_STEPS, "train_seconds": 12.0, "eval_seconds": 1.0,
-                   "checkpoint_seconds": 1.0, "test_eval": test}  # fmt: skip
+        results = {"finished": True, "steps": TOTAL_STEPS, "epochs": 2, "best_step": TOTAL_STEPS,
+                   "train_seconds": 12.0, "eval_seconds": 1.0, "checkpoint_seconds": 1.0,
+                   "test_eval": test}  # fmt: skip
         (out / "results.json").write_text(json.dumps(results))
         return 0
 
@@ -187,8 +189,13 @@ def test_rows_have_every_field_with_the_runs_values(write_grid: Callable[..., Pa
     assert row.wall_seconds >= 0 and row.resumed is False
     assert row.flags == ["--epochs", "2", "--batch_size", "4", "--adv_train"]
     assert row.train_argv[-len(row.flags) :] == row.flags and _value(row.train_argv, "--seed") == "2"
-    out = Path(row.out_dir)
-    assert out == tmp_path / "out" / "runs" / "single" / "smart" / "beta" / "n16-s2"
+    assert row.best_step == TOTAL_STEPS and row.epochs == 2 and row.not_converged is True
+    assert (row.learning_rate, row.lr_source, row.copy_of) == (None, None, None)  # no --learning_rate flag
+    out = Path(row.out_dir)  # relative to the current folder (written portably)
+    assert (
+        not out.is_absolute()
+        and out.resolve() == tmp_path / "out" / "runs" / "single" / "smart" / "beta" / "n16-s2"
+    )
     assert (out / LOG_FILE).is_file() and not (out / "last").exists() and not (out / "best").exists()
 
 
@@ -240,7 +247,7 @@ def test_a_killed_grid_resumes_the_killed_run_and_redoes_nothing(
     assert all("--resume" not in argv for argv in resumer.calls[1:])
     assert len(rows) == 16 and len({row.key for row in rows}) == 16
     resumed = [row for row in rows if row.resumed]
-    assert len(resumed) == 1 and resumed[0].out_dir == _value(first, "--output_dir")
+    assert len(resumed) == 1 and resumed[0].out_dir == portable_path(_value(first, "--output_dir"))
     assert (resumed[0].steps, resumed[0].timed_steps) == (TOTAL_STEPS, TOTAL_STEPS - KILLED_AT_STEP)
     assert (out / "results.jsonl").read_text().count("\n") == 16  # the torn line is gone
 

@@ -103,3 +103,21 @@ def test_a_skipped_update_leaves_the_teacher_where_it_was() -> None:
     assert torch.equal(bregman.teacher[0].weight, before)
     bregman.update(step=1, applied=torch.tensor(True))  # step 1: the warm-up beta, 0.99
     assert torch.allclose(bregman.teacher[0].weight, 0.99 * before + 0.01 * model[0].weight)
+
+
+def test_the_teacher_runs_in_eval_mode_by_default_and_with_dropout_in_train_mode() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2)).train()
+    x = torch.randn(16, 4)
+    eval_teacher = BregmanProximalPoint(model, BregmanConfig(), total_steps=10)
+    train_teacher = BregmanProximalPoint(model, BregmanConfig(teacher_mode="train"), total_steps=10)
+    assert not eval_teacher.teacher.training and train_teacher.teacher.training
+    assert model.training  # the student's mode is its own
+    with torch.no_grad():
+        assert torch.equal(eval_teacher.teacher(x), eval_teacher.teacher(x))
+        assert not torch.equal(train_teacher.teacher(x), train_teacher.teacher(x))
+    # The teacher starts as an exact copy of the model.
+    for (name, a), b in zip(
+        model.state_dict().items(), train_teacher.teacher.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name

@@ -113,3 +113,34 @@ def test_gradient_checkpointing_gives_the_same_smart_gradients() -> None:
     assert gradients[0].keys() == gradients[1].keys()
     for name, grad in gradients[0].items():
         torch.testing.assert_close(gradients[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+# ------------------------------------------------------------------ does the perturbation survive autocast?
+
+
+def test_the_resolution_warning_names_the_numbers_and_only_fires_below_the_resolution() -> None:
+    from module.adversarial.precision import resolution_warning
+
+    message = resolution_warning("smart", 2e-5, torch.bfloat16)
+    assert message is not None and "2.0e-05" in message and "bfloat16" in message and "7.8e-03" in message
+    assert "--adv_radius relative" in message
+    assert resolution_warning("smart", 2e-5, torch.float16) is not None  # fp16's resolution is 9.8e-04
+    assert resolution_warning("fgm", 0.02, torch.bfloat16) is None
+    assert resolution_warning("rdrop", 0.0, torch.bfloat16) is None  # no perturbation: nothing to lose
+
+
+@pytest.mark.parametrize(
+    ("options", "warned"),
+    [
+        ({"adv_train": True}, True),  # the paper's eps = 1e-5 under bf16
+        ({"adv_method": "fgm"}, False),  # a relative 2% ball survives bf16
+    ],
+)
+def test_a_bf16_run_warns_once_when_its_perturbation_is_rounded_away(
+    tiny_run: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture, options: dict[str, Any], warned: bool
+) -> None:
+    config = config_for(tiny_run, tmp_path, epochs=1, bf16=True, train_datasets=["single"], **options)
+    with caplog.at_level("WARNING", logger="mt_dnn.trainer"):
+        Trainer(config).train(until_step=3)
+    messages = [record.getMessage() for record in caplog.records if "resolution" in record.getMessage()]
+    assert len(messages) == (1 if warned else 0), messages

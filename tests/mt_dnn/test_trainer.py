@@ -198,3 +198,42 @@ def test_results_split_the_wall_time(tiny_run: dict, tmp_path: Path) -> None:
 def test_bucketing_is_on_by_default(tiny_run: dict, tmp_path: Path) -> None:
     trainer = Trainer(config_for(tiny_run, tmp_path))
     assert trainer.sampler.bucket_window == TrainConfig().bucket_window > 0
+
+
+# ------------------------------------------------------------------ early stopping
+
+
+def test_early_stopping_ends_the_run_after_patience_evaluations_without_a_new_best(
+    tiny_run: dict, tmp_path: Path
+) -> None:
+    """A learning rate too small to move dev: the first evaluation is the best, the next two are not."""
+    config = config_for(
+        tiny_run,
+        tmp_path,
+        epochs=10,
+        learning_rate=1e-12,
+        early_stopping_patience=2,
+        train_datasets=["single"],
+    )
+    results = Trainer(config).train()
+    assert results["finished"] and results["early_stopped"]
+    assert results["epochs"] == 3 and results["best_step"] == results["steps"] // 3
+    assert (tmp_path / "best").is_dir() and (tmp_path / "last").is_dir()
+    no_patience = Trainer(config_for(tiny_run, tmp_path / "off", epochs=4, learning_rate=1e-12)).train()
+    assert not no_patience["early_stopped"] and no_patience["epochs"] == 4
+
+
+def test_a_resumed_run_keeps_its_early_stopping_count(tiny_run: dict, tmp_path: Path) -> None:
+    options: dict[str, Any] = {
+        "epochs": 10,
+        "learning_rate": 1e-12,
+        "early_stopping_patience": 2,
+        "train_datasets": ["single"],
+    }
+    full = Trainer(config_for(tiny_run, tmp_path / "full", **options)).train()
+    first = Trainer(config_for(tiny_run, tmp_path / "split", **options))
+    first.train(until_step=2 * first.steps_per_epoch + 1)  # after the second evaluation (one without a best)
+    resumed = Trainer(config_for(tiny_run, tmp_path / "split", resume=True, **options)).train()
+    assert (
+        resumed["early_stopped"] and resumed["steps"] == full["steps"] and resumed["epochs"] == full["epochs"]
+    )
