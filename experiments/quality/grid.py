@@ -9,7 +9,8 @@ one ``UserError`` line naming the file and the key.
 method its own seeds. With ``learning_rates``, every method not in ``lr_from`` is tuned: one run per
 candidate at ``tune_seed`` (rows of method ``M@lr=<lr>``, see ``tuning.py``), the best dev score wins, and
 every seed of the method (and of the methods that take its rate through ``lr_from``) trains with
-``--learning_rate <winner>`` appended; the tune-seed row of a tuned method is its winning run, copied.
+``--learning_rate <winner>`` appended; the tune-seed row of a tuned method is its winning run, copied. A
+``tune_seed`` that is not among a method's seeds tunes on a seed kept out of that method's comparisons.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import yaml
 
 from data_utils.errors import UserError
 from data_utils.task_def import TaskDef, load_task_defs
-from experiments.quality.tuning import lr_spelling, tuning_method
+from experiments.quality.tuning import LR_TUNED, lr_spelling, tuning_method
 
 
 class Regime(StrEnum):
@@ -83,7 +84,6 @@ _KEYS = {
 }
 _REQUIRED = ("tasks", "n_train", "seeds", "methods")
 LR_FLAG = "--learning_rate"
-LR_TUNED = "tuned"  # a row's lr_source when its method's own tuning chose the learning rate
 
 
 @dataclass(frozen=True)

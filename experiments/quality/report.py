@@ -27,11 +27,14 @@ from experiments.quality.robustness import load_robustness  # noqa: E402
 from experiments.quality.stats import BOOTSTRAP_SEED, CONFIDENCE, RESAMPLES, PairedDifference, Spread  # noqa: E402
 from experiments.quality.summary import (  # noqa: E402
     CellSummary,
+    LrSelection,
     RegimeComparison,
     Split,
     compare_regimes,
+    lr_selections,
     summarise,
 )
+from experiments.quality.tuning import is_tuning_row, lr_spelling  # noqa: E402
 
 MISSING = "-"
 
@@ -58,19 +61,57 @@ def _wins(difference: PairedDifference | None) -> str:
     return MISSING if difference is None else f"{difference.wins}/{difference.count}"
 
 
+def _ratio(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.2f}"
+
+
+def _count(counts: tuple[int, int] | None) -> str:
+    return MISSING if counts is None else f"{counts[0]}/{counts[1]}"
+
+
+def has_convergence(summaries: Sequence[CellSummary]) -> bool:
+    """Whether the rows record their best step (older results do not: their tables stay as they were)."""
+    return any(summary.not_converged is not None for summary in summaries)
+
+
 def method_table(summaries: Sequence[CellSummary], split: Split, baseline: str) -> list[str]:
+    extended = has_convergence(summaries)
+    extra = f" not converged | train time × {baseline} |" if extended else ""
     lines = [
         f"| task | metric | n_train | method | seeds | {split} median | {split} min–max | dev median | "
-        f"Δ {split} vs {baseline} [95% CI] | seeds better | step time × {baseline} |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"Δ {split} vs {baseline} [95% CI] | seeds better | step time × {baseline} |{extra}",
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if extended else ""),
     ]
     for summary in summaries:
         seeds = summary.score.count if summary.score is not None else 0
-        ratio = MISSING if summary.step_ratio is None else f"{summary.step_ratio:.2f}"
+        more = f" {_count(summary.not_converged)} | {_ratio(summary.train_ratio)} |" if extended else ""
         lines.append(
             f"| {summary.task} | {summary.metric} | {summary.n_train} | {summary.method} | {seeds} | "
             f"{_median(summary.score)} | {_range(summary.score)} | {_median(summary.dev)} | "
-            f"{_difference(summary.versus_baseline)} | {_wins(summary.versus_baseline)} | {ratio} |"
+            f"{_difference(summary.versus_baseline)} | {_wins(summary.versus_baseline)} | "
+            f"{_ratio(summary.step_ratio)} |{more}"
+        )
+    return lines
+
+
+def lr_table(selections: Sequence[LrSelection]) -> list[str]:
+    """Per task, size and tuned method: the dev score at each candidate learning rate, the winner, and the
+    methods that took it."""
+    rates = sorted({lr for selection in selections for lr in selection.dev_by_lr})
+    lines = [
+        "| task | metric | n_train | method | seed | "
+        + " | ".join(f"dev @ {lr_spelling(lr)}" for lr in rates)
+        + " | chosen | reused by |",
+        "|---|---|---|---|---|" + "---|" * len(rates) + "---|---|",
+    ]
+    for selection in selections:
+        devs = " | ".join(
+            _number(selection.dev_by_lr[lr]) if lr in selection.dev_by_lr else MISSING for lr in rates
+        )
+        lines.append(
+            f"| {selection.task} | {selection.metric} | {selection.n_train} | {selection.method} | "
+            f"{selection.seed} | {devs} | {lr_spelling(selection.winner)} | "
+            f"{', '.join(selection.reused_by) or MISSING} |"
         )
     return lines
 
@@ -114,6 +155,26 @@ def describe(rows: Sequence[ResultRow], split: Split, baseline: str) -> list[str
     ]
 
 
+def describe_extras(rows: Sequence[ResultRow], summaries: Sequence[CellSummary], baseline: str) -> list[str]:
+    """What the newer columns and sections mean, said only when the rows have them."""
+    lines = []
+    if has_convergence(summaries):
+        lines.append(
+            "Not converged: seeds whose best dev checkpoint was their last step (dev still improving when "
+            "training ended), of the seeds that record it. Train time: per-step time × steps over "
+            f"{baseline}'s on the same seed, median; with early stopping the methods take different numbers "
+            "of steps, so it can differ from the step-time ratio."
+        )
+    tuning = sum(1 for row in rows if is_tuning_row(row))
+    if tuning:
+        lines.append(
+            f"Learning rates were chosen on dev ({tuning} tuning runs, see the selection table; they are "
+            "left out of the method tables). A tuned method's tuning-seed row is its winning tuning run, so "
+            "its dev score on that seed was picked as the best of the candidates."
+        )
+    return ["", *lines] if lines else []
+
+
 def build_report(
     rows: Sequence[ResultRow],
     folder: Path,
@@ -125,12 +186,14 @@ def build_report(
     """Write the PNGs into ``folder`` and return the Markdown that shows them."""
     summaries = summarise(rows, split, baseline)
     curves = load_robustness(robustness) if robustness is not None else None
-    methods = [baseline, *(row.method for row in rows), *(curves.methods if curves is not None else ())]
+    main_rows = [row for row in rows if not is_tuning_row(row)]
+    methods = [baseline, *(row.method for row in main_rows), *(curves.methods if curves is not None else ())]
     palette = plots.colours(list(dict.fromkeys(methods)))
     lines = [
         "# Does adversarial training help? Results of the quality grid",
         "",
-        *describe(rows, split, baseline),
+        *describe(main_rows, split, baseline),
+        *describe_extras(rows, summaries, baseline),
     ]
     regimes = list(dict.fromkeys(summary.regime for summary in summaries))
     for regime in regimes:
@@ -143,6 +206,9 @@ def build_report(
             lines += ["", f"![cost vs gain, {regime}](cost_vs_gain_{slug}.png)"]
         else:
             lines += ["", f"No cost-vs-gain plot for {regime}: no method has paired runs with {baseline}."]
+    selections = lr_selections(rows)
+    if selections:
+        lines += ["", "## Learning-rate selection (dev)", "", *lr_table(selections)]
     comparisons = compare_regimes(rows, split, baseline)
     if comparisons:
         lines += ["", "## Multi-task vs single-task", "", *regime_table(comparisons, split)]

@@ -1,7 +1,7 @@
 """Run a grid of (regime x method x task x training-set size x seed) through the real train.py, resumably.
 
     python experiments/quality/run_grid.py --grid experiments/quality/grid.yml --output_dir out/quality
-        [--model DIR] [--methods NAME,...] [--reuse OTHER/results.jsonl] [--dry_run]
+        [--model DIR] [--methods NAME,...] [--tasks NAME,...] [--reuse OTHER/results.jsonl] [--dry_run]
 
 Writes ``<output_dir>/results.jsonl`` (one row per finished run and task: see ``results.py``), one folder per
 cell under ``<output_dir>/runs/<regime>/<method>/<tasks>/n<N>-s<SEED>/`` (train.py's logs, ``results.json``,
@@ -11,6 +11,13 @@ was made with other flags than the grid now gives is an error, not a silent mix.
 of the grid's methods (the cheap ones first, say); a later run without it adds the rest. ``--reuse`` takes the
 rows of another grid's results file that are the same single-task runs (same flags, encoder, task definition
 and data: see ``reuse.py``) instead of training them again.
+
+With ``learning_rates`` in the grid, each tuned method first runs one cell per candidate at ``tune_seed``
+(folders ``n<N>-s<SEED>-lr<LR>``, rows of method ``M@lr=<LR>``); its tune-seed row is then a copy of the
+winning run and its other seeds train with ``--learning_rate <winner>``. ``--dry_run`` says "waits for lr
+tuning of M" for a cell whose rate is not known yet. ``--methods`` naming a method that takes its rate from an
+unnamed one (``lr_from``) runs that source's tuning cells too (skipped when their rows are there), not its
+seeds. The rows' paths are relative to the current folder (``paths.py``): run from the repo root.
 """
 
 from __future__ import annotations
@@ -18,17 +25,35 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from data_utils.errors import UserError, exit_on_user_error  # noqa: E402
-from experiments.quality.data import prepare_data  # noqa: E402
-from experiments.quality.grid import Cell, Grid, Regime, cells, check_train_flags, load_grid  # noqa: E402
+from data_utils.task_def import TaskDef  # noqa: E402
+from experiments.quality.data import check_sizes, prepare_data  # noqa: E402
+from experiments.quality.grid import (  # noqa: E402
+    Cell,
+    CellKind,
+    Grid,
+    Regime,
+    cells,
+    check_train_flags,
+    load_grid,
+)
 from experiments.quality.results import Key, ResultRow, append_row, read_results  # noqa: E402
 from experiments.quality.reuse import reusable_rows  # noqa: E402
-from experiments.quality.runs import STATE_FILE, Runner, clean_up, run_cell, subprocess_runner  # noqa: E402
+from experiments.quality.runs import (  # noqa: E402
+    STATE_FILE,
+    Runner,
+    clean_up,
+    copied_row,
+    run_cell,
+    subprocess_runner,
+)
+from experiments.quality.tuning import tuning_method, winning_lr  # noqa: E402
 
 RESULTS_FILE = "results.jsonl"
 
@@ -42,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods", default=None, help="comma-separated subset of the grid's methods to run (default: all)"
     )
     parser.add_argument(
+        "--tasks",
+        default=None,
+        help="comma-separated subset of the grid's tasks (default: all); two processes on disjoint tasks, "
+        "each with its own --output_dir, run a single-task grid in parallel",
+    )
+    parser.add_argument(
         "--reuse",
         type=Path,
         default=None,
@@ -52,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def select_methods(grid: Grid, names: str | None) -> Grid:
-    """The grid with only the named methods, in the grid's order; an unknown name is a one-line error."""
+    """The grid with only the named methods, in the grid's order; an unknown name is a one-line error.
+
+    A named method that takes its learning rate from an unnamed one (``lr_from``) keeps that source's tuning
+    cells (rows already in the results file count as done), but not the source's own seeds."""
     if names is None:
         return grid
     chosen = [name.strip() for name in names.split(",") if name.strip()]
@@ -62,15 +96,36 @@ def select_methods(grid: Grid, names: str | None) -> Grid:
             raise UserError(f"--methods: '{name}' is not a method of {grid.path} (expected some of: {known})")
     if not chosen:
         raise UserError("--methods: expected at least one method name")
-    methods = {name: flags for name, flags in grid.methods.items() if name in chosen}
-    return dataclasses.replace(grid, methods=methods)
+    sources = {grid.lr_from[name] for name in chosen if name in grid.lr_from} - set(chosen)
+    methods = {name: flags for name, flags in grid.methods.items() if name in chosen or name in sources}
+    lr_only = tuple(name for name in methods if name in sources)
+    return dataclasses.replace(grid, methods=methods, lr_only=lr_only)
+
+
+def select_tasks(grid: Grid, names: str | None) -> Grid:
+    """The grid with only the named tasks, in the grid's order; an unknown name is a one-line error."""
+    if names is None:
+        return grid
+    chosen = [name.strip() for name in names.split(",") if name.strip()]
+    for name in chosen:
+        if name not in grid.tasks:
+            known = ", ".join(grid.tasks)
+            raise UserError(f"--tasks: '{name}' is not a task of {grid.path} (expected some of: {known})")
+    if not chosen:
+        raise UserError("--tasks: expected at least one task name")
+    if any(regime is not Regime.SINGLE for regime in grid.regimes) and len(chosen) < len(grid.tasks):
+        raise UserError("--tasks: a grid with multi-task regimes trains all its tasks together")
+    tasks = tuple(task for task in grid.tasks if task in chosen)
+    by_task = {task: sizes for task, sizes in grid.n_train_by_task.items() if task in chosen}
+    n_train = tuple(dict.fromkeys(size for task in tasks for size in grid.sizes(task)))
+    return dataclasses.replace(grid, tasks=tasks, n_train=n_train, n_train_by_task=by_task)
 
 
 def _check_done(cell: Cell, grid: Grid, done: dict[Key, ResultRow], results_path: Path) -> bool:
     """True when every row of the cell is there, made with the flags (and, for the multi-task regimes, the
     task set) the grid gives it now; rows made otherwise are an error rather than a silent mix."""
     present = [done[key] for key in cell.row_keys() if key in done]
-    flags = list(grid.flags(cell.method, cell.n_train))
+    flags = list(grid.cell_flags(cell))
     for row in present:
         if row.flags != flags:
             raise UserError(
@@ -96,6 +151,89 @@ def _multi_task_set(row: ResultRow) -> list[str] | None:
     return None
 
 
+@dataclass
+class _GridRun:
+    """One pass over the grid's cells: the rows done so far (keyed), and what each cell needs to run."""
+
+    grid: Grid
+    output_dir: Path
+    model: str
+    runner: Runner
+    dry_run: bool
+    reuse: Path | None
+    done: dict[Key, ResultRow]
+    candidates: dict[Key, ResultRow]
+    task_defs: dict[str, TaskDef]
+
+    @property
+    def results_path(self) -> Path:
+        return self.output_dir / RESULTS_FILE
+
+    def resolve(self, cell: Cell) -> Cell:
+        """The cell with the learning rate it takes from tuning, once the tuning rows are all in."""
+        if not cell.pending:
+            return cell
+        assert cell.lr_from is not None
+        winner = winning_lr(self.grid, self.done, cell.lr_from, cell.tasks[0], cell.n_train)
+        return cell if winner is None else dataclasses.replace(cell, learning_rate=winner)
+
+    def process(self, cell: Cell, tag: str) -> None:
+        if cell.pending:
+            if not self.dry_run:  # the tuning cells come first: only a bug gets here
+                raise UserError(f"{tag}: the learning-rate tuning of {cell.lr_from} has not finished")
+            print(f"{tag}: waits for lr tuning of {cell.lr_from}", flush=True)
+            return
+        if _check_done(cell, self.grid, self.done, self.results_path):
+            print(f"{tag}: done", flush=True)
+            if not self.dry_run:
+                clean_up(cell, self.grid, self.output_dir)
+            return
+        if cell.kind is CellKind.COPY:
+            self.copy_winner(cell, tag)
+            return
+        if self.dry_run:
+            resumable = (cell.out_dir(self.output_dir) / STATE_FILE).is_file()
+            print(f"{tag}: {'to resume' if resumable else 'to run'}", flush=True)
+            return
+        self.train(cell, tag)
+
+    def copy_winner(self, cell: Cell, tag: str) -> None:
+        """A tuned method's tune-seed row: the row of its winning tuning run, under its own name."""
+        assert cell.learning_rate is not None
+        source = tuning_method(cell.method, cell.learning_rate)
+        if self.dry_run:
+            print(f"{tag}: to copy from {source} (the winning tuning run)", flush=True)
+            return
+        (task,) = cell.tasks
+        row = copied_row(self.done[(cell.regime.value, source, task, cell.n_train, cell.seed)], cell)
+        self.save([row])
+        print(f"{tag}: copied from {source} (the winning tuning run)", flush=True)
+
+    def train(self, cell: Cell, tag: str) -> None:
+        cache_dir = prepare_data(
+            self.grid, self.task_defs, self.output_dir, cell.n_train, cell.seed, self.model, cell.tasks
+        )
+        reused, why_not = reusable_rows(
+            cell, self.grid, self.task_defs, self.candidates, self.output_dir, cache_dir, self.model
+        )
+        if reused is not None:
+            self.save(reused)
+            print(f"{tag}: reused from {self.reuse}", flush=True)
+            return
+        if why_not is not None:
+            print(f"{tag}: not reusing {self.reuse}'s row: {why_not}", flush=True)
+        rows = run_cell(cell, self.grid, self.task_defs, self.output_dir, cache_dir, self.model, self.runner)
+        self.save(rows)
+        clean_up(cell, self.grid, self.output_dir)
+        print(f"{tag}: {_summary(rows)}", flush=True)
+
+    def save(self, rows: list[ResultRow]) -> None:
+        for row in rows:
+            if row.key not in self.done:  # a kill between the rows of one mtl run: the first one is there
+                append_row(self.results_path, row)
+                self.done[row.key] = row
+
+
 def run_grid(
     grid: Grid,
     output_dir: Path,
@@ -113,35 +251,13 @@ def run_grid(
         raise UserError(f"--reuse {reuse}: no such results file")
     candidates = {row.key: row for row in read_results(reuse)} if reuse is not None else {}
     task_defs = grid.task_defs()
+    if not dry_run:
+        check_sizes(grid, task_defs)
+    state = _GridRun(grid, output_dir, model, runner, dry_run, reuse, done, candidates, task_defs)
     todo = list(cells(grid))
     for index, cell in enumerate(todo, start=1):
-        tag = f"[{index}/{len(todo)}] {cell.describe()}"
-        if _check_done(cell, grid, done, results_path):
-            print(f"{tag}: done", flush=True)
-            if not dry_run:
-                clean_up(cell, grid, output_dir)
-            continue
-        if dry_run:
-            resumable = (cell.out_dir(output_dir) / STATE_FILE).is_file()
-            print(f"{tag}: {'to resume' if resumable else 'to run'}", flush=True)
-            continue
-        cache_dir = prepare_data(grid, task_defs, output_dir, cell.n_train, cell.seed, model)
-        reused, why_not = reusable_rows(cell, grid, task_defs, candidates, output_dir, cache_dir, model)
-        if reused is not None:
-            for row in reused:
-                append_row(results_path, row)
-                done[row.key] = row
-            print(f"{tag}: reused from {reuse}", flush=True)
-            continue
-        if why_not is not None:
-            print(f"{tag}: not reusing {reuse}'s row: {why_not}", flush=True)
-        rows = run_cell(cell, grid, task_defs, output_dir, cache_dir, model, runner)
-        for row in rows:
-            if row.key not in done:  # a kill between the rows of one mtl run: the first one is there
-                append_row(results_path, row)
-                done[row.key] = row
-        clean_up(cell, grid, output_dir)
-        print(f"{tag}: {_summary(rows)}", flush=True)
+        resolved = state.resolve(cell)
+        state.process(resolved, f"[{index}/{len(todo)}] {resolved.describe()}")
     return read_results(results_path)
 
 
@@ -159,7 +275,7 @@ def _number(value: float | None) -> str:
 @exit_on_user_error
 def main(argv: list[str] | None = None, runner: Runner = subprocess_runner) -> list[ResultRow]:
     args = build_parser().parse_args(argv)
-    grid = select_methods(load_grid(args.grid), args.methods)
+    grid = select_tasks(select_methods(load_grid(args.grid), args.methods), args.tasks)
     check_train_flags(grid)
     model = args.model or grid.model
     if model is None:

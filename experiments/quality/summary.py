@@ -1,5 +1,8 @@
 """Results rows -> per-cell summaries: the score over seeds, the paired difference to the baseline method, the
-step-time ratio to it; and, per method, each multi-task regime against single-task training."""
+step-time and training-time ratios to it, the seeds still improving at their last step; per method, each
+multi-task regime against single-task training; and the learning-rate selections of a tuning grid.
+
+The tuning runs (method ``M@lr=<lr>``) are left out of the method summaries and only enter the selections."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from enum import StrEnum
 from experiments.quality.grid import Regime
 from experiments.quality.results import ResultRow
 from experiments.quality.stats import PairedDifference, Spread, paired_difference, spread
+from experiments.quality.tuning import LR_TUNED, is_tuning_row, pick_winner, split_tuning_method
 
 
 class Split(StrEnum):
@@ -34,6 +38,11 @@ class CellSummary:
     dev: Spread | None
     versus_baseline: PairedDifference | None  # None for the baseline itself or without common seeds
     step_ratio: float | None  # median over common seeds of seconds per step / the baseline's
+    # median over common seeds of the training time of all steps / the baseline's (early stopping: the
+    # methods take different numbers of steps, so the step-time ratio alone understates the cost)
+    train_ratio: float | None = None
+    # (seeds whose best checkpoint is their last step, seeds whose best step is known); None: none known
+    not_converged: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -67,9 +76,24 @@ def _paired(
     return [mine[seed] for seed in seeds], [theirs[seed] for seed in seeds]  # type: ignore[misc]
 
 
+def _ratio(
+    group: Sequence[ResultRow], base: Sequence[ResultRow], get: Callable[[ResultRow], float | None]
+) -> float | None:
+    """Median over common seeds of ``get`` of the method over the baseline's."""
+    theirs, mine = _paired(base, group, get)
+    ratios = [method / plain for plain, method in zip(theirs, mine, strict=True) if plain > 0]
+    return statistics.median(ratios) if ratios else None
+
+
+def _not_converged(group: Sequence[ResultRow]) -> tuple[int, int] | None:
+    known = [row.not_converged for row in group if row.not_converged is not None]
+    return (sum(known), len(known)) if known else None
+
+
 def summarise(rows: Sequence[ResultRow], split: Split, baseline: str) -> list[CellSummary]:
     """One summary per (regime, task, n_train, method), regimes in their declared order, then tasks and
-    methods as they first appear (the baseline first), sizes ascending."""
+    methods as they first appear (the baseline first), sizes ascending. Tuning runs are left out."""
+    rows = [row for row in rows if not is_tuning_row(row)]
     groups: dict[tuple[str, str, int, str], list[ResultRow]] = {}
     for row in rows:
         groups.setdefault((row.regime, row.task, row.n_train, row.method), []).append(row)
@@ -92,12 +116,12 @@ def _summary(group: list[ResultRow], base: list[ResultRow], split: Split, is_bas
     first = group[0]
     versus = None
     ratio = None
+    train_ratio = None
     if not is_baseline and base:
         mine, theirs = _paired(group, base, functools.partial(score, split=split))
         versus = paired_difference(mine, theirs) if mine else None
-        fast, slow = _paired(base, group, lambda row: row.seconds_per_step)
-        ratios = [method / plain for plain, method in zip(fast, slow, strict=True) if plain > 0]
-        ratio = statistics.median(ratios) if ratios else None
+        ratio = _ratio(group, base, lambda row: row.seconds_per_step)
+        train_ratio = _ratio(group, base, lambda row: row.train_seconds)
     return CellSummary(
         regime=first.regime,
         task=first.task,
@@ -108,6 +132,8 @@ def _summary(group: list[ResultRow], base: list[ResultRow], split: Split, is_bas
         dev=_spread_of(group, lambda row: row.dev),
         versus_baseline=versus,
         step_ratio=ratio,
+        train_ratio=train_ratio,
+        not_converged=_not_converged(group),
     )
 
 
@@ -115,6 +141,7 @@ def compare_regimes(rows: Sequence[ResultRow], split: Split, baseline: str) -> l
     """Per (task, n_train, method) with single-task rows and rows of a multi-task regime: each multi-task
     regime's spread and its paired difference to single-task training (same method, task, size and seed)."""
     others = [regime.value for regime in Regime if regime is not Regime.SINGLE]
+    rows = [row for row in rows if not is_tuning_row(row)]
     groups: dict[tuple[str, str, int, str], list[ResultRow]] = {}
     for row in rows:
         groups.setdefault((row.regime, row.task, row.n_train, row.method), []).append(row)
@@ -147,3 +174,52 @@ def compare_regimes(rows: Sequence[ResultRow], split: Split, baseline: str) -> l
                     )
                 )
     return comparisons
+
+
+@dataclass(frozen=True)
+class LrSelection:
+    """One tuned method's learning-rate choice for a (task, size): each candidate's dev score, the winner."""
+
+    task: str
+    metric: str
+    n_train: int
+    method: str
+    seed: int  # the tuning seed
+    dev_by_lr: dict[float, float | None]
+    winner: float  # among the candidates in the rows (as the grid chose it once all had run)
+    reused_by: tuple[str, ...]  # methods whose rows took this method's winner (lr_from)
+
+
+def lr_selections(rows: Sequence[ResultRow]) -> list[LrSelection]:
+    """One selection per (task, n_train, tuned method, seed) of the tuning rows: tasks and methods as they
+    first appear, sizes ascending."""
+    groups: dict[tuple[str, int, str, int], dict[float, ResultRow]] = {}
+    for row in rows:
+        tuned = split_tuning_method(row.method)
+        if tuned is not None:
+            groups.setdefault((row.task, row.n_train, tuned[0], row.seed), {})[tuned[1]] = row
+    followers: dict[tuple[str, int, str], list[str]] = {}
+    for row in rows:
+        if row.lr_source not in (None, LR_TUNED) and not is_tuning_row(row):
+            followers.setdefault((row.task, row.n_train, str(row.lr_source)), []).append(row.method)
+    selections = []
+    for task in _order(key[0] for key in groups):
+        for n_train in sorted({key[1] for key in groups if key[0] == task}):
+            for (task_, size, method, seed), candidates in groups.items():
+                if (task_, size) != (task, n_train):
+                    continue
+                metric = next(iter(candidates.values())).metric
+                dev_by_lr = {lr: candidates[lr].dev for lr in sorted(candidates)}
+                selections.append(
+                    LrSelection(
+                        task=task,
+                        metric=metric,
+                        n_train=n_train,
+                        method=method,
+                        seed=seed,
+                        dev_by_lr=dev_by_lr,
+                        winner=pick_winner(dev_by_lr, metric),
+                        reused_by=tuple(dict.fromkeys(followers.get((task, n_train, method), []))),
+                    )
+                )
+    return selections

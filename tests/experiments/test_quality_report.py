@@ -3,6 +3,7 @@ ratios and the regime comparison (hand-computed), the PNGs, and the one-line err
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from experiments.quality import report
-from experiments.quality.results import ResultRow, read_results
+from experiments.quality.results import OPTIONAL, ResultRow, read_results
 from experiments.quality.stats import bootstrap_interval, paired_difference, spread
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -207,3 +208,75 @@ def test_report_mistakes_are_one_line_errors(
     assert len(err) == 1 and message in err[0], err
     assert setup == "foreign" or not out.exists()
     assert (tmp_path / "results.jsonl").is_file()  # never replaced by a report
+
+
+# ---------------------------------------------------------------------------------------------- study grids
+
+
+def _study_row(
+    method: str, seed: int, test: float, dev: float, steps: int, seconds_per_step: float, best_step: int | None,
+    **fields: object,
+) -> ResultRow:  # fmt: skip
+    row = make_row("single", method, "alpha", 100, seed, test, dev, seconds_per_step)
+    return dataclasses.replace(
+        row, steps=steps, timed_steps=steps, train_step_seconds=steps * seconds_per_step, best_step=best_step,
+        **fields,
+    )  # fmt: skip
+
+
+STUDY_ROWS = [
+    # tuning runs at seed 1: plain wins at 2e-4; smart ties, so the smaller rate wins
+    _study_row("plain@lr=1e-04", 1, 48, 55, 10, 1.0, 10, learning_rate=1e-4),
+    _study_row("plain@lr=2e-04", 1, 50, 57, 10, 1.0, 10, learning_rate=2e-4),
+    _study_row("smart@lr=1e-04", 1, 54, 60, 20, 3.0, 20, learning_rate=1e-4),
+    _study_row("smart@lr=2e-04", 1, 40, 60, 20, 3.0, 20, learning_rate=2e-4),
+    # (method, seed, test, dev, steps, seconds per step, best step): with early stopping the steps differ
+    _study_row("plain", 1, 50, 57, 10, 1.0, 10, learning_rate=2e-4, lr_source="tuned", copy_of="plain@lr=2e-04"),
+    _study_row("plain", 2, 52, 56, 10, 1.0, 6, learning_rate=2e-4, lr_source="tuned"),
+    _study_row("smart", 1, 54, 60, 20, 3.0, 20, learning_rate=1e-4, lr_source="tuned", copy_of="smart@lr=1e-04"),
+    _study_row("smart", 2, 58, 62, 5, 2.0, 5, learning_rate=1e-4, lr_source="tuned"),
+    _study_row("fgm", 1, 51, 58, 10, 2.0, 4, learning_rate=1e-4, lr_source="smart"),
+    _study_row("fgm", 2, 53, 59, 10, 2.0, 10, learning_rate=1e-4, lr_source="smart"),
+]  # fmt: skip
+
+
+def test_report_of_a_tuning_grid(tmp_path: Path) -> None:
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(row.to_json() + "\n" for row in STUDY_ROWS))
+    text = report.main(["--results", str(results), "--output_dir", str(tmp_path / "report")])
+    lines = text.splitlines()
+    assert (
+        lines[2]
+        == "6 runs: tasks alpha; training rows 100; seeds 1, 2; methods plain, smart, fgm; regimes single."
+    )
+    single = lines.index("## Regime: single")
+    assert lines[single + 2].endswith(
+        "| seeds better | step time × plain | not converged | train time × plain |"
+    )
+    assert lines[single + 4 : single + 8] == [
+        "| alpha | acc | 100 | plain | 2 | 51.0 | 50.0–52.0 | 56.5 | - | - | - | 1/2 | - |",
+        # test differences 4, 6; step times 3/1, 2/1; training times 3*20 / 10 = 6 and 2*5 / 10 = 1
+        "| alpha | acc | 100 | smart | 2 | 56.0 | 54.0–58.0 | 61.0 | +5.0 [+4.0, +6.0] | 2/2 | 2.50 | 2/2 | 3.50 |",
+        # seed 1's best step (4) is before its last (10)
+        "| alpha | acc | 100 | fgm | 2 | 52.0 | 51.0–53.0 | 58.5 | +1.0 [+1.0, +1.0] | 2/2 | 2.00 | 1/2 | 2.00 |",
+        "",
+    ]
+    selection = lines.index("## Learning-rate selection (dev)")
+    assert lines[selection + 2 : selection + 6] == [
+        "| task | metric | n_train | method | seed | dev @ 1e-04 | dev @ 2e-04 | chosen | reused by |",
+        "|---|---|---|---|---|---|---|---|---|",
+        "| alpha | acc | 100 | plain | 1 | 55.0 | 57.0 | 2e-04 | - |",
+        "| alpha | acc | 100 | smart | 1 | 60.0 | 60.0 | 1e-04 | fgm |",
+    ]
+    assert "@lr=" not in "\n".join(lines[:selection])  # tuning runs only in the selection table
+    assert any(line.startswith("Learning rates were chosen on dev (4 tuning runs") for line in lines)
+    assert (tmp_path / "report" / "cost_vs_gain_single.png").is_file()
+
+
+def test_rows_without_the_newer_fields_still_read(results: Path) -> None:
+    lines = results.read_text().splitlines()
+    assert "best_step" in json.loads(lines[0])  # make_row writes them (as null)...
+    old = [json.dumps({k: v for k, v in json.loads(line).items() if k not in OPTIONAL}) for line in lines]
+    results.write_text("\n".join(old) + "\n")  # ...a results file of an older version does not
+    rows = read_results(results)
+    assert len(rows) == 22 and all(row.best_step is None and row.learning_rate is None for row in rows)

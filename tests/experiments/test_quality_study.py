@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from data_utils.cache import read_manifest
+from data_utils.errors import UserError
 from experiments.quality import run_grid
 from experiments.quality.grid import _flag_combinations, load_grid
 from experiments.quality.paths import PATH_FLAGS, SITE_PACKAGES, portable_argv, portable_path
@@ -446,3 +447,12 @@ def test_study_grid_mistakes_are_one_line_errors(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {grid}: ") and message in err[0], err
+
+
+def test_tasks_selects_a_subset_of_a_single_task_grid_in_order(write_grid: Callable[..., Path]) -> None:
+    grid = load_grid(write_grid())
+    subset = run_grid.select_tasks(grid, grid.tasks[-1])
+    assert subset.tasks == (grid.tasks[-1],) and set(subset.n_train) == set(grid.sizes(grid.tasks[-1]))
+    assert run_grid.select_tasks(grid, None) is grid
+    with pytest.raises(UserError, match="--tasks: .nope. is not a task of"):
+        run_grid.select_tasks(grid, "nope")
