@@ -56,6 +56,7 @@ class TrainConfig:
     output_dir: str = "out"
     # schedule
     epochs: int = 3
+    max_steps: int = 0
     batch_size: int = 32
     batch_size_eval: int = 64
     learning_rate: float = 5e-5
@@ -106,6 +107,7 @@ class TrainConfig:
     best_metric: str = "mean"
     early_stopping_patience: int = 0
     resume: bool = False
+    overwrite_output_dir: bool = False
     max_nonfinite_steps: int = 20
     tensorboard: bool = False
     progress: bool = True
@@ -198,6 +200,9 @@ _HELP = {
     "save_every_steps": "also save the resumable 'last' checkpoint every N optimizer steps",
     "best_metric": "'mean' (of each eval task's first metric on its first dev split) or TASK:METRIC",
     "resume": "continue from <output_dir>/last if it exists",
+    "overwrite_output_dir": "replace the run already in --output_dir (its best/, last/, metrics.jsonl, "
+    "results.json); without it (or --resume) train.py refuses to write over a run",
+    "max_steps": "stop after this many optimizer steps (0: --epochs decides); the schedule spans them",
     "max_nonfinite_steps": "stop after this many non-finite losses in a row",
     "adv_train": "adversarial training; alone: SMART (adversarial term + Bregman step)",
     "adv_method": "adversarial method (implies --adv_train; default smart); each takes its paper's defaults",
@@ -341,9 +346,17 @@ def validate(config: TrainConfig) -> None:
     }
     if config.sampling is SamplingStrategyName.PROPORTIONAL and (config.mix_opt > 0 or config.ratio > 0):
         config.sampling = SamplingStrategyName.MIX_OPT  # what an mt-dnn user means by --mix_opt / --ratio
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if isinstance(value, float) and not math.isfinite(value) and item.name != "adv_epsilon":
+            raise UserError(f"--{item.name} must be a finite number, got {value}")
+    if config.adv_epsilon is not None and math.isnan(config.adv_epsilon):
+        raise UserError(f"--adv_epsilon must be a number (inf: no bound), got {config.adv_epsilon}")
     for name, value in positive.items():
         if value <= 0:
             raise UserError(f"--{name} must be > 0, got {value}")
+    if not 0 <= config.seed < 2**32:
+        raise UserError(f"--seed must be in [0, 2**32), got {config.seed}")
     if config.bf16 and config.fp16:
         raise UserError("--bf16 and --fp16 exclude each other: pick one")
     if config.bregman_steps < 1:
@@ -364,6 +377,7 @@ def validate(config: TrainConfig) -> None:
         "save_every_steps",
         "log_every_steps",
         "early_stopping_patience",
+        "max_steps",
         "num_workers",
         "mix_opt",
     )

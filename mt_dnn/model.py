@@ -250,7 +250,7 @@ class MTDNNModel(nn.Module):
         model = cls(
             load_encoder(path / ENCODER_DIR), task_defs, ModelOptions.from_dict(config.get("model", {}))
         )
-        heads = safetensors.torch.load_file(str(path / HEADS_FILE), device=str(map_location))
+        heads = read_safetensors(path / HEADS_FILE, map_location)
         try:
             missing, unexpected = model.heads.load_state_dict(heads, strict=False)
         except RuntimeError as error:  # a shape mismatch
@@ -295,6 +295,16 @@ def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
             f"{config_path}: checkpoint format {config.get('format_version')} is not {CHECKPOINT_FORMAT}"
         )
     return config
+
+
+def read_safetensors(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """A safetensors file's tensors; a missing, truncated or corrupt file is one ``UserError`` line."""
+    if not path.is_file():
+        raise UserError(f"{path}: missing (the checkpoint is incomplete)")
+    try:
+        return safetensors.torch.load_file(str(path), device=str(map_location))
+    except (safetensors.SafetensorError, OSError, ValueError) as error:
+        raise UserError(f"{path}: damaged or truncated ({_first_line(error)})") from None
 
 
 def encoder_dir(path: str | Path) -> Path:

@@ -16,9 +16,13 @@ Output folder::
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import math
+import pickle
 import random
+import shutil
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -34,7 +38,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, set_seed
 
 from data_utils.atomic import atomic_directory, atomic_write_json
-from data_utils.cache import load_split, read_manifest, split_dir
+from data_utils.cache import EncodedSplit, load_split, read_manifest, split_dir
 from data_utils.dataset import Batch, Collator, MultiTaskDataset, TaskDataset
 from data_utils.enums import TaskType
 from data_utils.errors import UserError
@@ -48,7 +52,7 @@ from module.adversarial.precision import resolution_warning
 from mt_dnn.config import TrainConfig
 from mt_dnn.distributed import Distributed
 from mt_dnn.inference import evaluate
-from mt_dnn.model import ModelOptions, MTDNNModel, is_checkpoint, load_tokenizer
+from mt_dnn.model import ModelOptions, MTDNNModel, is_checkpoint, load_tokenizer, read_safetensors
 from mt_dnn.objective import TrainingObjective, adversarial_replays
 from mt_dnn.optim import build_optimizer, build_scheduler
 from mt_dnn.run_log import RunLog
@@ -73,6 +77,14 @@ _RESUME_KEYS = (
     "learning_rate",
     "scheduler_type",
     "warmup",
+    "data_dir",
+    "task_def",
+    "optimizer",
+    "weight_decay",
+    "adam_eps",
+    "grad_clipping",
+    "dropout_p",
+    "max_steps",
     "adv_train",
     "adv_method",
     "adv_alpha",
@@ -147,6 +159,7 @@ def load_run_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Ru
                 self_labelled = task_defs[name].task_type is TaskType.MASK_LM
                 if (dataset.split.has_labels or self_labelled) and len(dataset):
                     (tests if split in task_defs[name].test_splits else evals)[(name, split)] = dataset
+    _check_evaluated(config, task_defs, evals, tests)
     collator = Collator(task_defs, pad_token_id=int(tokenizer.pad_token_id or 0))
     masking = None
     if any(task.task_type is TaskType.MASK_LM for task in task_defs.values()):
@@ -154,6 +167,34 @@ def load_run_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Ru
     return RunData(
         task_defs=task_defs, train=train, evals=evals, tests=tests, collator=collator, masking=masking
     )
+
+
+def _check_evaluated(
+    config: TrainConfig,
+    task_defs: Mapping[str, TaskDef],
+    evals: Mapping[tuple[str, str], TaskDataset],
+    tests: Mapping[tuple[str, str], TaskDataset],
+) -> None:
+    """A task named in --test_datasets must have something to evaluate; a task without a labelled dev split
+    cannot pick the best checkpoint, which is said rather than left to an empty best/."""
+    for name in config.test_datasets or config.train_datasets:
+        has_dev = any(task == name for task, _ in evals)
+        has_test = any(task == name for task, _ in tests)
+        looked = ", ".join(task_defs[name].eval_splits) or "none"
+        if config.test_datasets and not has_dev and not has_test:
+            raise UserError(
+                f"{config.data_dir}: --test_datasets task '{name}' has no labelled dev or test split in the "
+                f"cache (its eval splits: {looked}); run prepro_std.py on them, or drop it from the flag"
+            )
+        if not has_dev:
+            logger.warning(
+                "task '%s' has no labelled dev split in %s (eval splits: %s): it cannot choose the best "
+                "checkpoint%s",
+                name,
+                config.data_dir,
+                looked,
+                "" if any(evals) else "; no split is evaluated during training, so best/ is not written",
+            )
 
 
 def _task_dataset(data_dir: str, task_def: TaskDef, split: str) -> TaskDataset:
@@ -176,6 +217,30 @@ def _check_cache_tokenizer(data_dir: str, tokenizer: PreTrainedTokenizerBase) ->
             f"{data_dir}: the token-id cache was built with tokenizer {cached.get('name_or_path')!r}, "
             f"not the one of --init_checkpoint ({ours['name_or_path']!r}); run prepro_std.py with that model"
         )
+
+
+# What a run leaves in its output folder: a folder holding any of them holds a run.
+RUN_OUTPUTS = ("results.json", "metrics.jsonl", "best", "last")
+
+
+def prepare_output_dir(config: TrainConfig) -> None:
+    """Refuse to write over a run (as HF's Trainer does) unless --resume continues it or
+    --overwrite_output_dir replaces it (then its outputs are removed first)."""
+    out = Path(config.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output_dir {out}: exists and is not a folder")
+    present = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    if not present or config.resume:
+        return
+    if not config.overwrite_output_dir:
+        raise UserError(
+            f"--output_dir {out}: holds a run ({', '.join(present)}); continue it with --resume, replace it "
+            "with --overwrite_output_dir, or pick another folder"
+        )
+    for name in present:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    logger.info("--overwrite_output_dir: removed %s from %s", ", ".join(present), out)
 
 
 def build_model(config: TrainConfig, task_defs: Mapping[str, TaskDef]) -> MTDNNModel:
@@ -203,6 +268,8 @@ class Trainer:
         self.config = config
         self.out = Path(config.output_dir)
         self.dist = context or Distributed(device=resolve_device(config.device))
+        if self.dist.is_main:
+            prepare_output_dir(config)
         self.device = self.dist.device
         set_seed(config.seed)
         self.tokenizer = load_tokenizer(config.init_checkpoint)
@@ -237,6 +304,8 @@ class Trainer:
         self.replays = adversarial_replays(config)
         self.steps_per_epoch = math.ceil(len(self.sampler) / config.grad_accumulation_step) * self.replays
         self.total_steps = self.steps_per_epoch * config.epochs
+        if config.max_steps:
+            self.total_steps = min(self.total_steps, config.max_steps)
         self.optimizer = build_optimizer(self.model, config, self.device)
         self.scheduler = build_scheduler(self.optimizer, config, self.total_steps)
         if config.gradient_checkpointing:
@@ -266,6 +335,7 @@ class Trainer:
         self.best_score: float | None = None
         self.best_step = -1
         self.evals_since_best = 0  # evaluations in a row without a new best (--early_stopping_patience)
+        self.last_eval_step = -1  # the step last evaluated: an epoch end on an --eval_every_steps step is one
         self.skipped = _SkippedSteps(self.device)
         self.adv_skipped_total = 0
         self.seconds = {"eval": 0.0, "checkpoint": 0.0}  # wall time outside the training steps
@@ -302,7 +372,8 @@ class Trainer:
         window = _TrainWindow(self.device)
         stopped_early = False  # interrupted at until_step: resumable, not finished
         converged = self._patience_exhausted()  # early stopping: finished before the last epoch
-        while self.epoch < config.epochs and not stopped_early and not converged:
+        done = converged or self.step >= self.total_steps  # --max_steps (or a finished run resumed)
+        while self.epoch < config.epochs and not stopped_early and not done:
             self.model.train()
             self.sampler.set_epoch(self.epoch)
             for group in self._step_groups():
@@ -318,14 +389,19 @@ class Trainer:
                 if _crossed(config.eval_every_steps, steps_before, self.step):
                     self._evaluate_and_keep_best(log)
                     converged = self._patience_exhausted()
-                if _crossed(config.save_every_steps, steps_before, self.step) or converged:
+                done = converged or self.step >= self.total_steps
+                if done and self.step < self.steps_per_epoch * (self.epoch + 1):  # stopped inside an epoch
+                    if window.has_data():
+                        self._log_window(log, window)
+                    self._evaluate_and_keep_best(log)
                     self._save_last()
-                if converged:
                     break
+                if _crossed(config.save_every_steps, steps_before, self.step):
+                    self._save_last()
                 if until_step is not None and self.step >= until_step:
                     stopped_early = True
                     break
-            if stopped_early or converged:
+            if stopped_early or (done and self.batches_in_epoch < len(self.sampler)):
                 break
             self.epoch += 1
             self.batches_in_epoch = 0
@@ -333,6 +409,7 @@ class Trainer:
                 self._log_window(log, window)
             self._evaluate_and_keep_best(log)
             converged = self._patience_exhausted()
+            done = converged or self.step >= self.total_steps
             self._save_last()
         progress.close()
         if converged:
@@ -500,6 +577,10 @@ class Trainer:
             self.seconds[name] += time.perf_counter() - start
 
     def _evaluate_and_keep_best(self, log: RunLog) -> None:
+        if self.step == self.last_eval_step:  # an epoch ended on an --eval_every_steps step: done already
+            return
+        self.last_eval_step = self.step
+        self._check_finite_weights()
         scores: dict[str, dict[str, float]] = {}
         with self._timed("eval"):
             for (task, split), dataset in self.data.evals.items():
@@ -508,6 +589,13 @@ class Trainer:
         self.model.train()
         self.last_eval = scores
         score = self._best_key.score(scores)
+        if score is None and scores:
+            logger.warning(
+                "step %d: --best_metric %s is NaN or missing on this evaluation (constant labels or "
+                "predictions?); it cannot pick a best checkpoint",
+                self.step,
+                self._best_key.describe(),
+            )
         if score is not None and not (self.best_score is None or score > self.best_score):
             self.evals_since_best += 1
         if score is not None and (self.best_score is None or score > self.best_score):
@@ -519,12 +607,29 @@ class Trainer:
                 self._barrier()
             logger.info("step %d: new best %s = %.3f", self.step, self._best_key.describe(), score)
 
+    def _check_finite_weights(self) -> None:
+        """A run whose weights became non-finite (e.g. an infinite weight decay) stops with an error."""
+        finite = torch.stack([torch.isfinite(p.detach()).all() for p in self.model.parameters()]).all()
+        if not bool(finite):
+            bad = next(name for name, p in self.model.named_parameters() if not torch.isfinite(p).all())
+            raise TrainingDiverged(
+                f"training diverged: weight '{bad}' is not finite at step {self.step} "
+                f"(check --learning_rate, --weight_decay, --grad_clipping)"
+            )
+
     def _patience_exhausted(self) -> bool:
         patience = self.config.early_stopping_patience
         return patience > 0 and self.evals_since_best >= patience
 
     def _evaluate_tests_with_best(self, log: RunLog) -> None:
         """Labelled test splits are scored once, by the best checkpoint (never used to choose it)."""
+        self._check_finite_weights()
+        if self.data.evals and self.best_score is None:
+            raise UserError(
+                f"--best_metric {self._best_key.describe()} was NaN or missing at every evaluation (constant "
+                f"dev labels?): there is no best checkpoint; {self.out / 'last'} holds the final model. "
+                "Pick another --best_metric"
+            )
         self.test_eval = {}
         if not self.data.tests:
             return
@@ -582,8 +687,10 @@ class Trainer:
             "best_score": self.best_score,
             "best_step": self.best_step,
             "evals_since_best": self.evals_since_best,
+            "last_eval_step": self.last_eval_step,
             "nonfinite_total": self.skipped.read()[0],
             "config": _resume_identity(self.config),
+            "data": self._data_identity(),
         }
         with atomic_directory(self.out / "last") as tmp:
             self.model.save_to(tmp, self.tokenizer, metadata=self._metadata(self.last_eval))
@@ -598,20 +705,30 @@ class Trainer:
         if not (last / STATE_FILE).is_file():
             logger.info("--resume: no %s yet, starting from scratch", last / STATE_FILE)
             return
-        state = torch.load(last / STATE_FILE, map_location="cpu", weights_only=True)
+        state = _read_state(last / STATE_FILE)
         ours = _resume_identity(self.config)
         changed = [key for key in _RESUME_KEYS if state["config"].get(key) != ours[key]]
         if changed:
             raise UserError(
                 f"{last / STATE_FILE}: cannot resume: --{changed[0]} differs from the interrupted run"
             )
+        saved_data, our_data = state.get("data"), self._data_identity()
+        if saved_data is not None and saved_data != our_data:
+            what = next(key for key in our_data if saved_data.get(key) != our_data[key])
+            raise UserError(
+                f"{last / STATE_FILE}: cannot resume: {what} differs from the interrupted run's "
+                "(task definitions or training rows changed)"
+            )
         resumed = MTDNNModel.load(last, map_location=self.device)
         self.model.load_state_dict(resumed.state_dict())
         if self.objective.bregman is not None:
-            self.objective.load_state_dict(
-                safetensors.torch.load_file(str(last / TEACHER_FILE), device=str(self.device))
-            )
-        self.optimizer.load_state_dict(state["optimizer"])
+            self.objective.load_state_dict(read_safetensors(last / TEACHER_FILE, self.device))
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, ValueError) as error:
+            raise UserError(
+                f"{last / STATE_FILE}: the optimizer state does not fit this run ({error})"
+            ) from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         if state.get("grad_scaler"):
@@ -624,8 +741,20 @@ class Trainer:
         )
         self.best_score, self.best_step = state["best_score"], state["best_step"]
         self.evals_since_best = int(state.get("evals_since_best", 0))
+        self.last_eval_step = int(state.get("last_eval_step", -1))
         self.skipped = _SkippedSteps(self.device, total=state["nonfinite_total"])
         logger.info("resumed from %s at step %d (epoch %d)", last, self.step, self.epoch)
+
+    def _data_identity(self) -> dict[str, str]:
+        """What a resumed run must train on: each task's definition and a fingerprint of its train rows."""
+        identity: dict[str, str] = {}
+        for name in self.config.train_datasets:
+            definition = json.dumps(self.data.task_defs[name].to_dict(), sort_keys=True)
+            identity[f"task '{name}' definition"] = hashlib.blake2b(
+                definition.encode(), digest_size=16
+            ).hexdigest()
+            identity[f"task '{name}' train rows"] = _split_fingerprint(self.data.train.datasets[name].split)
+        return identity
 
     def _results(self, seconds: float, finished: bool) -> dict[str, Any]:
         return {
@@ -773,6 +902,29 @@ def _resume_identity(config: TrainConfig) -> dict[str, Any]:
     """The config values that must match for --resume to continue the same run."""
     values = config.to_dict()
     return {key: values[key] for key in _RESUME_KEYS}
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """``trainer_state.pt`` (tensors and primitives only); a damaged file is one ``UserError`` line."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+        raise UserError(
+            f"{path}: damaged or truncated resume state ({str(error).splitlines()[0]}); remove "
+            f"{path.parent} to start over"
+        ) from None
+    if not isinstance(state, dict) or "config" not in state:
+        raise UserError(f"{path}: not a resume state written by this trainer")
+    return state
+
+
+def _split_fingerprint(split: EncodedSplit) -> str:
+    """A digest of a split's token ids, offsets, labels and uids (a few ms for 10^6 tokens)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (split.input_ids, split.seq_offsets, split.row_offsets, split.labels):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update("\n".join(map(str, split.uids)).encode())
+    return digest.hexdigest()
 
 
 def _rng_state() -> dict[str, Any]:
