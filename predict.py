@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{input_path}: no such file or directory")
     if args.submission and task_def.task_type is TaskType.MASK_LM:
         raise UserError(f"--submission: task '{task_def.name}' is mask_lm (GLUE submissions need labels)")
+    output = Path(args.output) if args.output else _default_output(input_path, task_def.name)
+    _check_outputs(input_path, output, args.submission)
     device = _device(args.device)
     autocast_dtype = _PRECISIONS[args.precision]
 
@@ -130,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{checkpoint}: task '{task_def.name}': the model gives NaN scores (a diverged checkpoint?)"
         )
 
-    output = Path(args.output) if args.output else _default_output(input_path, task_def.name)
     with _writing(output):
         write_predictions_jsonl(output, prediction_records(task_def, predictions))
     print(f"predictions: {output} ({len(predictions)} rows)")
@@ -145,6 +146,24 @@ def main(argv: list[str] | None = None) -> int:
         shown = "  ".join(f"{name} {value:.2f}" for name, value in result.metrics.items())
         print(f"{task_def.name}: {shown}  ({len(predictions)} rows; {metrics_path})")
     return 0
+
+
+def _check_outputs(input_path: Path, output: Path, submission: str | None) -> None:
+    """No output may overwrite the input (or a file of an input cache folder) or another output."""
+    written = {"--output": output, "the metrics file": _metrics_path(output)}
+    if submission:
+        written["--submission"] = Path(submission)
+    source = input_path.resolve()
+    seen: dict[Path, str] = {}
+    for name, path in written.items():
+        target = path.resolve()
+        if target == source or (input_path.is_dir() and source in target.parents):
+            raise UserError(f"{name} {path}: would overwrite the input {input_path}; write elsewhere")
+        if target in seen:
+            raise UserError(f"{name} {path}: is also {seen[target]}; give each output its own path")
+        seen[target] = f"{name}"
+        if target.is_dir():
+            raise UserError(f"{name} {path}: is a folder, not a file")
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -388,3 +389,34 @@ def test_subprocess_user_mistake_has_no_traceback(checkpoint: Path, data: Path) 
     )
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines() == [no_task_message(checkpoint)]
+
+
+@pytest.mark.parametrize("clash", ["output_is_input", "submission_is_output", "output_in_cache", "metrics"])
+def test_outputs_never_overwrite_the_input_or_each_other(
+    clash: str, checkpoint: Path, data: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "pair_dev.jsonl"
+    shutil.copy(data / "pair_dev.jsonl", source)
+    before = source.read_bytes()
+    argv = ["--checkpoint", str(checkpoint), "--task", "pair", "--input", str(source)]
+    if clash == "output_is_input":
+        argv += ["--output", str(source)]
+        expected = f"error: --output {source}: would overwrite the input {source}; write elsewhere"
+    elif clash == "submission_is_output":
+        output = tmp_path / "preds.jsonl"
+        argv += ["--output", str(output), "--submission", str(output)]
+        expected = f"error: --submission {output}: is also --output; give each output its own path"
+    elif clash == "metrics":
+        output = tmp_path / "preds.jsonl"
+        metrics = tmp_path / "preds.metrics.json"
+        argv += ["--output", str(output), "--submission", str(metrics)]
+        expected = f"error: --submission {metrics}: is also the metrics file; give each output its own path"
+    else:
+        folder = split_dir(data / "cache", "pair", "dev")
+        argv = ["--checkpoint", str(checkpoint), "--task", "pair", "--input", str(folder)]
+        argv += ["--output", str(folder / "labels.npy")]
+        expected = (
+            f"error: --output {folder / 'labels.npy'}: would overwrite the input {folder}; write elsewhere"
+        )
+    assert expect_error(argv, capfd) == expected
+    assert source.read_bytes() == before
