@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         device=device,
         autocast_dtype=autocast_dtype,
         masking=masking,
+        progress=None,  # a bar on a terminal, nothing in logs
     )
     predictions = result.predictions
     if np.isnan(predictions.scores).any():

@@ -6,8 +6,12 @@ Precedence: dataclass defaults < ``--config`` YAML < flags given on the command 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import math
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -16,7 +20,7 @@ from typing import Any
 import yaml
 
 from data_utils.enums import parse_enum
-from data_utils.errors import UserError
+from data_utils.errors import UserError, exit_on_user_error
 from data_utils.sampler import SamplingStrategyName
 from module.adversarial import (
     METHODS,
@@ -274,6 +278,31 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     return config
 
 
+# Stand-ins for the flags every run must give, so a list of other flags can be checked on its own.
+_PLACEHOLDERS = ["--task_def", "t.yml", "--data_dir", "d", "--init_checkpoint", "m", "--train_datasets", "t"]
+
+
+def check_flags(flags: Sequence[str]) -> None:
+    """Parse a list of train.py flags as train.py would (the required ones stood in for), so a script or a
+    grid can refuse a misspelt or invalid flag before anything runs. Raises ``UserError`` with argparse's or
+    the validation's message."""
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            parse_config([*_PLACEHOLDERS, *flags])
+    except SystemExit:  # argparse: "usage: ...\ntrain.py: error: <message>"
+        lines = errors.getvalue().strip().splitlines() or ["invalid flags"]
+        raise UserError(f"train.py: {lines[-1].split('error: ', 1)[-1]}") from None
+    except UserError as error:
+        raise UserError(f"train.py: {error}") from None
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mt_dnn.config FLAGS...``: exit 0 when train.py would accept FLAGS, else one error line."""
+    check_flags(sys.argv[1:] if argv is None else argv)
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
@@ -409,3 +438,7 @@ def _validate_adversarial(config: TrainConfig) -> None:
         raise UserError(
             f"--bregman_mu needs a clean forward pass; --adv_method {spec.name} runs only perturbed ones"
         )
+
+
+if __name__ == "__main__":
+    main()

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from data_utils.atomic import atomic_write_text
 from data_utils.dataset import Batch, Collator, TaskDataset
@@ -118,6 +119,7 @@ def predict(
     world_size: int = 1,
     masking: MaskingSpec | None = None,
     perturbation: BatchPerturbation | None = None,
+    progress: bool | None = False,
 ) -> Predictions:
     """Score every row of ``dataset`` with ``model`` (already on ``device``) and return them in input order.
 
@@ -126,6 +128,7 @@ def predict(
     scores are always float32. One device-to-host copy per batch. ``masking`` (the tokenizer's mask token,
     specials and vocabulary) is required for a mask_lm task. ``perturbation``: score every batch with it
     added to the perturbation target's output (see the module docstring; not for mask_lm tasks).
+    ``progress``: a tqdm bar over the batches (None: only when stderr is a terminal).
     """
     device = torch.device(device)
     if dataset.task_def.task_type is TaskType.MASK_LM and masking is None:
@@ -145,7 +148,13 @@ def predict(
     outputs: list[_BatchOutput] = []
     try:
         with torch.inference_mode() if perturbation is None else torch.no_grad():
-            for indices in sampler.batches:
+            batches = tqdm(
+                sampler.batches,
+                desc=f"eval {task_def.name}",
+                leave=False,
+                disable=None if progress is None else not progress,
+            )
+            for indices in batches:
                 batch = collator([dataset[int(i)] for i in indices])
                 outputs.append(
                     _predict_batch(
@@ -324,6 +333,7 @@ def evaluate(
     metrics: Sequence[Metric] | None = None,
     masking: MaskingSpec | None = None,
     perturbation: BatchPerturbation | None = None,
+    progress: bool | None = False,
 ) -> EvalResult:
     """``predict``, then the task's metrics (``metrics`` overrides ``task_def.metrics``) when labelled.
 
@@ -341,6 +351,7 @@ def evaluate(
         world_size=world_size,
         masking=masking,
         perturbation=perturbation,
+        progress=progress,
     )
     task_def = dataset.task_def
     values: dict[str, float] = {}

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from data_utils.errors import UserError
+
 logger = logging.getLogger("mt_dnn")
 
 
@@ -31,7 +33,10 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                logger.warning("--tensorboard: the tensorboard package is not installed; logging JSONL only")
+                raise UserError(
+                    "--tensorboard needs the tensorboard package: pip install tensorboard "
+                    "(or pip install '.[tensorboard]'), or drop the flag"
+                ) from None
             else:
                 self._writer = SummaryWriter(log_dir=str(out / "tensorboard"))
 

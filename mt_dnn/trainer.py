@@ -655,6 +655,7 @@ class Trainer:
             world_size=self.dist.world_size,
             autocast_dtype=self.amp_dtype,
             masking=self.data.masking,
+            progress=self.config.progress and self.dist.is_main,
         ).metrics
 
     # ------------------------------------------------------------------ checkpoints and resume

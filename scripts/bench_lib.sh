@@ -93,6 +93,8 @@ bench_init() {
   # The papers' optimisation settings, shared by every training run of the benchmark scripts.
   HPARAMS=(--optimizer adamax --learning_rate "$LR" --batch_size "$BATCH_SIZE" --epochs "$EPOCHS"
     --warmup "$WARMUP" --grad_clipping 1 --seed "$SEED" "${ADV_FLAGS[@]}")
+  # The train.py flags, checked by train.py's own parser before any preprocessing runs.
+  python -m mt_dnn.config "${HPARAMS[@]}" "${TRAIN_FLAGS[@]}" || exit 2
 }
 
 run() {

@@ -159,3 +159,22 @@ def test_an_epoch_ending_on_an_eval_step_is_evaluated_once(tiny_run: dict, tmp_p
     Trainer(config_for(tiny_run, tmp_path / "run", eval_every_steps=every, **{**SINGLE, "epochs": 2})).train()
     steps = [record["step"] for record in _evals(tmp_path / "run")]
     assert steps == [every, 2 * every]
+
+
+def test_tensorboard_without_its_package_is_a_one_line_error(
+    tiny_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(
+        UserError, match="--tensorboard needs the tensorboard package: pip install tensorboard"
+    ):
+        Trainer(config_for(tiny_run, tmp_path, tensorboard=True, **SINGLE)).train()

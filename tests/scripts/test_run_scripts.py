@@ -193,6 +193,14 @@ def test_anli_all_rounds_with_every_round_reported(bench: dict, tmp_path: Path) 
             "DATA_DIR 'no/such/data' not found",
         ),
         ("run_glue.sh", ["ENCODER", "OUT"], {"MTL_TASKS": "rte,xnli"}, "xnli_train.jsonl not found"),
+        # train.py's own parser checks the flags before any preprocessing.
+        (
+            "run_snli.sh",
+            ["ENCODER", "OUT", "--learnin_rate", "1e-3"],
+            {},
+            "unrecognized arguments: --learnin_rate",
+        ),
+        ("run_snli.sh", ["ENCODER", "OUT", "--grad_clipping", "nan"], {}, "--grad_clipping must be a finite"),
     ],
 )
 def test_a_bad_argument_stops_before_anything_runs(
