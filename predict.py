@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from data_utils.atomic import atomic_write_text
-from data_utils.cache import EncodedSplit, load_split
+from data_utils.cache import EncodedSplit, load_split, verify_split
 from data_utils.dataset import Collator, TaskDataset
 from data_utils.enums import TaskType
 from data_utils.errors import UserError, exit_on_user_error
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(checkpoint)
     position_limit = _position_limit(checkpoint)
     if input_path.is_dir():
-        split = _cached_split(input_path, task_def, tokenizer, position_limit)
+        split = _cached_split(input_path, task_def, tokenizer, checkpoint)
     else:
         split = _encoded_file(input_path, task_def, tokenizer, args, position_limit)
 
@@ -194,13 +194,17 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _position_limit(checkpoint: Path) -> int | None:
-    """The encoder's ``max_position_embeddings`` (``None`` when its config does not say)."""
+def _encoder_config(checkpoint: Path) -> dict[str, Any]:
     try:
         config = json.loads((encoder_dir(checkpoint) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise UserError(f"{checkpoint}: cannot read the encoder's config.json ({error})") from None
-    limit = config.get("max_position_embeddings")
+    return config if isinstance(config, dict) else {}
+
+
+def _position_limit(checkpoint: Path) -> int | None:
+    """The encoder's ``max_position_embeddings`` (``None`` when its config does not say)."""
+    limit = _encoder_config(checkpoint).get("max_position_embeddings")
     return limit if isinstance(limit, int) and limit > 0 else None
 
 
@@ -229,32 +233,20 @@ def _encoded_file(
     )
 
 
-def _cached_split(path: Path, task_def: TaskDef, tokenizer: Any, position_limit: int | None) -> EncodedSplit:
-    """A cache split folder, checked against the task and the checkpoint's tokenizer."""
-    split = load_split(path)
-    meta = split.meta
-    cached_task = meta.get("task")
+def _cached_split(path: Path, task_def: TaskDef, tokenizer: Any, checkpoint: Path) -> EncodedSplit:
+    """A cache split folder, checked against the task, the checkpoint's tokenizer and its encoder."""
+    cached_task = load_split(path).meta.get("task")
     if cached_task != task_def.name:
         raise UserError(f"{path}: holds a token-id cache of task '{cached_task}', not '{task_def.name}'")
-    for key, wanted in (("task_type", task_def.task_type.value), ("data_format", task_def.data_format.value)):
-        if key in meta and meta[key] != wanted:
-            raise UserError(
-                f"{path}: key '{key}': the cache was made as {meta[key]}, "
-                f"but task '{task_def.name}' of the checkpoint is {wanted}"
-            )
-    cached_hash = (meta.get("tokenizer") or {}).get("sha256")
-    if cached_hash is not None and cached_hash != tokenizer_fingerprint(tokenizer)["sha256"]:
-        raise UserError(
-            f"{path}: holds token ids of another tokenizer ({meta['tokenizer'].get('name_or_path')}) "
-            "than the checkpoint's; run prepro_std.py with the checkpoint's encoder"
-        )
-    longest = int(split.seq_lengths.max()) if split.n_sequences else 0
-    if position_limit is not None and longest > position_limit:
-        raise UserError(
-            f"{path}: sequences of up to {longest} tokens exceed the encoder's max_position_embeddings "
-            f"{position_limit}; run prepro_std.py with --max_seq_len {position_limit}"
-        )
-    return split
+    config = _encoder_config(checkpoint)
+    return verify_split(
+        path,
+        task_def,
+        vocab_size=config.get("vocab_size"),
+        max_positions=_position_limit(checkpoint),
+        type_vocab_size=config.get("type_vocab_size"),
+        tokenizer_sha256=tokenizer_fingerprint(tokenizer)["sha256"],
+    )
 
 
 def _default_output(input_path: Path, task: str) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from collections.abc import Callable
@@ -16,7 +17,11 @@ class UserError(Exception):
 
 
 def exit_on_user_error(main: Callable[P, R]) -> Callable[P, R]:
-    """Wrap a CLI ``main`` so a ``UserError`` prints ``error: <message>`` to stderr and exits 2."""
+    """Wrap a CLI ``main`` so a ``UserError`` prints ``error: <message>`` to stderr and exits 2.
+
+    The environment's refusals are treated the same way, as one line naming the path: an ``OSError`` with
+    a file name (a read-only or full disk, a missing or locked file, a folder where a file should be). An
+    ``OSError`` without one, and every other exception, is a bug and keeps its traceback."""
 
     @functools.wraps(main)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -25,5 +30,22 @@ def exit_on_user_error(main: Callable[P, R]) -> Callable[P, R]:
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
+        except OSError as error:
+            if error.filename is None:
+                raise
+            print(f"error: {environment_message(error)}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     return wrapper
+
+
+def environment_message(error: OSError) -> str:
+    """``<path>: <what the system said>`` and, for the common cases, what to do."""
+    path = error.filename if error.filename2 is None else f"{error.filename} -> {error.filename2}"
+    hints = {
+        errno.ENOSPC: "the disk is full: free space or write elsewhere",
+        errno.EROFS: "the file system is read-only: write elsewhere",
+        errno.EACCES: "permission denied: check the path's permissions or write elsewhere",
+        errno.EDQUOT: "the disk quota is exceeded: free space or write elsewhere",
+    }
+    return f"{path}: {hints.get(error.errno or 0, error.strerror or str(error))}"

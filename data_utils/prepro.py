@@ -9,18 +9,28 @@ in the same pass, and a cut sequence is always exactly ``max_seq_len`` long, so 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from data_utils.cache import EncodedSplit, read_manifest, split_dir, write_manifest, write_split
+from data_utils.atomic import clean_stale_temporaries
+from data_utils.cache import (
+    EncodedSplit,
+    encoding_record,
+    read_manifest,
+    split_dir,
+    write_manifest,
+    write_split,
+)
 from data_utils.enums import DataFormat, TaskType
 from data_utils.errors import UserError
 from data_utils.readers import SUFFIXES, Example, read_examples
@@ -182,6 +192,7 @@ def encode_examples(
         "split": split,
         "task_type": task_def.task_type.value,
         "data_format": task_def.data_format.value,
+        "task_def": encoding_record(task_def),
         "rows": n_rows,
         "sequences": int(len(lengths)),
         "truncated": int(row_cut.sum()),
@@ -315,6 +326,9 @@ def preprocess(
     listing every missing one, unless ``allow_missing_splits`` (then it is skipped and listed under
     ``missing``; a task with no split file at all is still an error). Splits already in the cache folder
     from earlier runs stay in the manifest; a folder holding ids of a different vocabulary is refused.
+    Leftovers of an interrupted earlier run (temp folders) are removed first. Each split's ``meta.json``
+    and manifest entry record what it was built from (``task_def``, ``source``, ``source_sha256``,
+    ``source_bytes``) for ``cache.verify_cache``.
 
     Returns ``{"cache_dir", "tokenizer_path", "tokenizer", "max_seq_len", "splits": {"<task>_<split>":
     entry}, "missing": [names], "skipped_rows": {"<task>_<split>": [messages]}}`` for this run's splits.
@@ -356,6 +370,8 @@ def preprocess(
             f"({manifest['tokenizer'].get('name_or_path')}); "
             "choose another --cache_name or delete the folder"
         )
+    with _writing(cache_dir):
+        clean_stale_temporaries(cache_dir)
 
     splits: dict[str, dict[str, Any]] = {}
     skipped_rows: dict[str, list[str]] = {}
@@ -372,40 +388,34 @@ def preprocess(
             progress=progress,
             fingerprint=fingerprint,
         )
-        write_split(split_dir(cache_dir, task_def.name, split), encoded)
-        meta = encoded.meta
+        built_from = {
+            "source": os.path.abspath(path),
+            "source_sha256": result.source_sha256,
+            "source_bytes": result.source_bytes,
+        }
+        encoded = dataclasses.replace(encoded, meta={**encoded.meta, **built_from})
+        with _writing(cache_dir):
+            write_split(split_dir(cache_dir, task_def.name, split), encoded)
         splits[key] = {
             "task": task_def.name,
             "split": split,
-            "source": str(path),
-            **{
-                name: meta[name]
-                for name in (
-                    "rows",
-                    "sequences",
-                    "truncated",
-                    "skipped",
-                    "has_labels",
-                    "max_seq_len",
-                    "mean_length",
-                    "max_length",
-                )
-            },
+            **{name: encoded.meta[name] for name in _MANIFEST_FIELDS},
         }
         if result.skipped:
             skipped_rows[key] = result.skipped
 
     manifest_splits = dict(manifest.get("splits", {}))
     manifest_splits.update(splits)
-    write_manifest(
-        cache_dir,
-        {
-            "tokenizer_path": str(tokenizer_path),
-            "tokenizer": fingerprint,
-            "max_seq_len": max_seq_len,
-            "splits": dict(sorted(manifest_splits.items())),
-        },
-    )
+    with _writing(cache_dir):
+        write_manifest(
+            cache_dir,
+            {
+                "tokenizer_path": str(tokenizer_path),
+                "tokenizer": fingerprint,
+                "max_seq_len": max_seq_len,
+                "splits": dict(sorted(manifest_splits.items())),
+            },
+        )
     return {
         "cache_dir": str(cache_dir),
         "tokenizer_path": str(tokenizer_path),
@@ -415,6 +425,32 @@ def preprocess(
         "missing": missing,
         "skipped_rows": skipped_rows,
     }
+
+
+@contextmanager
+def _writing(cache_dir: Path) -> Iterator[None]:
+    """A cache folder that cannot be written (read-only, disk full) is a ``UserError``, not a traceback."""
+    try:
+        yield
+    except OSError as error:
+        raise UserError(f"{cache_dir}: cannot write the token-id cache: {error.strerror or error}") from None
+
+
+# What the manifest repeats of each split's meta.json (``verify_cache`` compares the two).
+_MANIFEST_FIELDS = (
+    "source",
+    "source_sha256",
+    "source_bytes",
+    "task_def",
+    "rows",
+    "sequences",
+    "truncated",
+    "skipped",
+    "has_labels",
+    "max_seq_len",
+    "mean_length",
+    "max_length",
+)
 
 
 def _expected(root: Path, task_def: TaskDef) -> str:

@@ -14,17 +14,20 @@ is either all labelled or all unlabelled (label absent/null in JSONL, an empty c
 rows get ``label=None``. Blank lines are ignored. A ``mask_lm`` task reads raw text: its rows' labels are
 ignored (they get ``label=None``; the targets are the text's own tokens).
 
-Every problem is a ``UserError`` naming ``file:line``, the field and the problem. With ``skip_bad_rows``
-row-level problems are skipped instead and their messages returned in ``ReadResult.skipped``, for the caller
-to report. A missing file, an unknown suffix, a labelled/unlabelled mix and a split without any usable row
-stay fatal.
+Every problem is a ``UserError`` naming ``file:line``, the field and the problem; that includes a line that
+is not UTF-8 and a JSON string holding an unpaired surrogate (``"\\ud800"``: valid JSON, but no text a
+tokenizer can take). With ``skip_bad_rows`` row-level problems are skipped instead and their messages
+returned in ``ReadResult.skipped``, for the caller to report. A missing file, an unknown suffix, a
+labelled/unlabelled mix and a split without any usable row stay fatal.
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import math
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,9 +55,14 @@ class Example:
 
 @dataclass(frozen=True)
 class ReadResult:
+    """The examples of a file, the messages of the rows skipped, and the sha256 and size of the bytes read
+    (what a cache built from them records, to tell when the file changes)."""
+
     examples: list[Example]
     skipped: list[str] = field(default_factory=list)
     has_labels: bool = True
+    source_sha256: str = field(default="", compare=False)
+    source_bytes: int = field(default=0, compare=False)
 
 
 class _RowError(Exception):
@@ -89,8 +97,12 @@ def read_examples(path: str | Path, task_def: TaskDef, *, skip_bad_rows: bool = 
         handle = path.open("rb")
     except OSError as error:
         raise UserError(f"{path}: cannot read: {error.strerror or error}") from None
+    digest = hashlib.sha256()
+    n_bytes = 0
     with handle, _gc_paused():
         for line_no, raw in enumerate(handle, 1):
+            digest.update(raw)
+            n_bytes += len(raw)
             if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             if not raw.strip():
@@ -122,7 +134,13 @@ def read_examples(path: str | Path, task_def: TaskDef, *, skip_bad_rows: bool = 
     if not examples:
         why = f" ({len(skipped)} bad rows skipped; first: {skipped[0]})" if skipped else ""
         raise UserError(f"{path}: no examples{why}")
-    return ReadResult(examples=examples, skipped=skipped, has_labels=bool(has_labels))
+    return ReadResult(
+        examples=examples,
+        skipped=skipped,
+        has_labels=bool(has_labels),
+        source_sha256=digest.hexdigest(),
+        source_bytes=n_bytes,
+    )
 
 
 @contextmanager
@@ -176,9 +194,35 @@ def _jsonl_row_parser(data_format: DataFormat) -> Callable[[bytes], _Row]:
         premise = obj.get("premise")
         if type(premise) is not str or not premise.strip():
             raise _RowError("premise", _text_problem(premise))
-        return uid, obj.get("label"), premise, parse_hypothesis(obj.get("hypothesis"))
+        hypothesis = parse_hypothesis(obj.get("hypothesis"))
+        if _SURROGATE_ESCAPE.search(raw) is not None:
+            _check_unicode(uid, premise, hypothesis)
+        return uid, obj.get("label"), premise, hypothesis
 
     return parse
+
+
+# JSON may spell a UTF-16 surrogate as ``\ud800``; alone (not half of a pair) it decodes to a Python string
+# that no UTF-8 encoder (the tokenizer's included) accepts. Only a line holding such an escape can have one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _check_unicode(uid: str, premise: str, hypothesis: str | tuple[str, ...] | None) -> None:
+    texts: list[tuple[str, str, str]] = [("uid", "", uid), ("premise", "", premise)]
+    if isinstance(hypothesis, str):
+        texts.append(("hypothesis", "", hypothesis))
+    elif hypothesis is not None:
+        texts.extend(("hypothesis", f"candidate {i}: ", text) for i, text in enumerate(hypothesis))
+    for name, prefix, text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            code = ord(text[error.start])
+            raise _RowError(
+                name,
+                f"{prefix}not valid Unicode text (an unpaired surrogate \\u{code:04x} at character "
+                f"{error.start + 1})",
+            ) from None
 
 
 def _no_hypothesis(value: object) -> None:

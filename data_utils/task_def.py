@@ -14,11 +14,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from data_utils.enums import LOSS_ALIASES, DataFormat, HeadType, LossName, TaskType, parse_enum
 from data_utils.errors import UserError
 from data_utils.metrics import METRICS, Metric, parse_metric
+from data_utils.yaml_io import load_yaml
 
 __all__ = [
     "AdvOverrides",
@@ -186,28 +185,32 @@ _REQUIRED_KEYS = ("task_type", "data_format")
 
 
 def load_task_defs(path: str | Path, *, default_dropout_p: float = DEFAULT_DROPOUT_P) -> dict[str, TaskDef]:
-    """Read a task-definition YAML (``yaml.safe_load``) into ``{task name: TaskDef}`` in file order."""
+    """Read a task-definition YAML (``load_yaml``: safe, no duplicate keys, YAML 1.2 booleans) into
+    ``{task name: TaskDef}`` in file order."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise UserError(f"{path}: cannot read task definitions: {error.strerror or error}") from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(error, "problem", None) or "invalid YAML"
-        raise UserError(f"{where}: invalid YAML: {problem}") from None
+    document = load_yaml(path, what="task definitions")
     if not isinstance(document, Mapping):
         kind = "empty" if document is None else type(document).__name__
         raise UserError(f"{path}: expected a mapping of task name -> task definition, got {kind}")
     if not document:
         raise UserError(f"{path}: defines no tasks")
-    return {
-        str(name): parse_task_def(str(name), entry, source=str(path), default_dropout_p=default_dropout_p)
-        for name, entry in document.items()
-    }
+    task_defs: dict[str, TaskDef] = {}
+    for key, entry in document.items():
+        name = _task_name(key, path)
+        if name in task_defs:  # ``1:`` and ``"1":`` are two YAML keys but one task
+            raise UserError(f"{path}: task '{name}': defined twice")
+        task_defs[name] = parse_task_def(name, entry, source=str(path), default_dropout_p=default_dropout_p)
+    return task_defs
+
+
+def _task_name(name: object, path: Path) -> str:
+    """A task name as written: text, or an integer (``1:`` reads as ``1``); ``null:``/``true:`` are refused
+    rather than turned into ``None``/``True``."""
+    if isinstance(name, str):
+        return name
+    if isinstance(name, int) and not isinstance(name, bool):
+        return str(name)
+    raise UserError(f"{path}: task name {name!r} is not text; quote it in the YAML")
 
 
 def parse_task_def(
@@ -315,7 +318,7 @@ def _labels(raw: Mapping[str, object], ctx: _Context) -> tuple[str, ...] | None:
         raise ctx.error("labels", "expected a non-empty list of label names")
     labels: list[str] = []
     for item in value:
-        # YAML 1.1 reads yes/no/on/off as booleans; a silent "True" label would never match the data.
+        # A boolean (``true``) or float label would never match the data's text: ask for quotes.
         if isinstance(item, bool) or not isinstance(item, str | int):
             raise ctx.error("labels", f"label {item!r} is not a string; quote it in the YAML")
         labels.append(str(item))

@@ -20,6 +20,7 @@ from data_utils.errors import UserError
 Row = dict[str, Any]
 # {task: {split: row count, ..., "skipped": ["file:line: reason", ...]}}
 Summary = dict[str, dict[str, Any]]
+_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -35,13 +36,43 @@ def write_rows(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(dict(row), ensure_ascii=False) + "\n" for row in rows))
 
 
-def read_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` for every non-blank line; a line that is not a JSON object stops with
+def read_utf8(path: Path) -> str:
+    """The whole of the UTF-8 text file ``path`` (a leading BOM dropped); another encoding stops with
     ``file:line``."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise UserError(f"{path}: cannot read: {error.strerror or error}") from None
+    data = data.removeprefix(_BOM)  # MRPC's files start with one
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(_not_utf8(path, data, error)) from None
+
+
+def _not_utf8(path: Path, data: bytes, error: UnicodeDecodeError, first_line: int = 1) -> str:
+    """``file:line: not UTF-8 text ...`` for a decode error at ``error.start`` of ``data``."""
+    line = first_line + data.count(b"\n", 0, error.start)
+    column = error.start - data.rfind(b"\n", 0, error.start)
+    return (
+        f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x} at column {column}); "
+        "convert the file to UTF-8"
+    )
+
+
+def read_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for every non-blank line; a line that is not UTF-8 or not a JSON object
+    stops with ``file:line``."""
     if not path.is_file():
         raise UserError(f"{path}: not found")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1:
+                raw = raw.removeprefix(_BOM)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise UserError(_not_utf8(path, raw, error, number)) from None
             if not line.strip():
                 continue
             try:
@@ -55,12 +86,22 @@ def read_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def text_field(record: Mapping[str, Any], key: str, path: Path, number: int) -> str:
-    """``record[key]`` as a string; absent or not a string stops with ``file:line: key '<key>'``."""
+    """``record[key]`` as a string; absent, not a string or not valid Unicode (JSON's ``"\\ud800"``, an
+    unpaired surrogate no encoder accepts) stops with ``file:line: key '<key>'``."""
     if key not in record:
         raise UserError(f"{path}:{number}: key '{key}' missing")
     value = record[key]
     if not isinstance(value, str):
         raise UserError(f"{path}:{number}: key '{key}': expected a string, got {value!r}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            code = ord(value[error.start])
+            raise UserError(
+                f"{path}:{number}: key '{key}': not valid Unicode text (an unpaired surrogate \\u{code:04x} "
+                f"at character {error.start + 1})"
+            ) from None
     return value
 
 

@@ -17,11 +17,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from data_utils.enums import parse_enum
 from data_utils.errors import UserError, exit_on_user_error
 from data_utils.sampler import SamplingStrategyName
+from data_utils.yaml_io import load_yaml
 from module.adversarial import (
     METHODS,
     AdversarialMethodName,
@@ -305,12 +304,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise UserError(f"{path}: cannot read config: {error.strerror or error}") from None
-    except yaml.YAMLError as error:
-        raise UserError(f"{path}: invalid YAML: {getattr(error, 'problem', None) or error}") from None
+    document = load_yaml(path, what="config")
     if not isinstance(document, dict):
         raise UserError(f"{path}: expected a mapping of training options")
     known = {item.name: item for item in dataclasses.fields(TrainConfig)}

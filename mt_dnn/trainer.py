@@ -37,8 +37,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, set_seed
 
-from data_utils.atomic import atomic_directory, atomic_write_json
-from data_utils.cache import EncodedSplit, load_split, read_manifest, split_dir
+from data_utils.atomic import (
+    atomic_directory,
+    atomic_write_json,
+    clean_stale_temporaries,
+    recover_interrupted_replace,
+)
+from data_utils.cache import EncodedSplit, load_split, split_dir, verify_cache
 from data_utils.dataset import Batch, Collator, MultiTaskDataset, TaskDataset
 from data_utils.enums import TaskType
 from data_utils.errors import UserError
@@ -141,7 +146,6 @@ def load_run_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Ru
                 f"{config.task_def}: task '{name}' is not defined (defined: {', '.join(all_defs)})"
             )
     task_defs = {name: all_defs[name] for name in dict.fromkeys([*config.train_datasets, *eval_tasks])}
-    _check_cache_tokenizer(config.data_dir, tokenizer)
 
     train = MultiTaskDataset(
         {
@@ -206,19 +210,6 @@ def _task_dataset(data_dir: str, task_def: TaskDef, split: str) -> TaskDataset:
     return TaskDataset(task_def, load_split(path))
 
 
-def _check_cache_tokenizer(data_dir: str, tokenizer: PreTrainedTokenizerBase) -> None:
-    manifest = read_manifest(data_dir)
-    cached = manifest.get("tokenizer", {})
-    if not cached:
-        return
-    ours = tokenizer_fingerprint(tokenizer)
-    if cached.get("sha256") and cached.get("sha256") != ours["sha256"]:
-        raise UserError(
-            f"{data_dir}: the token-id cache was built with tokenizer {cached.get('name_or_path')!r}, "
-            f"not the one of --init_checkpoint ({ours['name_or_path']!r}); run prepro_std.py with that model"
-        )
-
-
 # What a run leaves in its output folder: a folder holding any of them holds a run.
 RUN_OUTPUTS = ("results.json", "metrics.jsonl", "best", "last")
 
@@ -229,6 +220,13 @@ def prepare_output_dir(config: TrainConfig) -> None:
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out}: exists and is not a folder")
+    if out.is_dir():
+        # A kill during a checkpoint save: put back a copy moved aside, drop half-written temporaries.
+        for name in ("last", "best"):
+            if recover_interrupted_replace(out / name):
+                logger.warning("%s: restored the copy an interrupted save had moved aside", out / name)
+        for path in clean_stale_temporaries(out):
+            logger.info("removed %s, left by an interrupted save", path)
     present = [name for name in RUN_OUTPUTS if (out / name).exists()]
     if not present or config.resume:
         return
@@ -275,6 +273,15 @@ class Trainer:
         self.tokenizer = load_tokenizer(config.init_checkpoint)
         self.data = load_run_data(config, self.tokenizer)
         self.model = build_model(config, self.data.task_defs).to(self.device)
+        encoder = self.model.encoder.config  # the cache's ids and lengths must fit the encoder
+        verify_cache(
+            config.data_dir,
+            self.data.task_defs,
+            vocab_size=getattr(encoder, "vocab_size", None),
+            max_positions=getattr(encoder, "max_position_embeddings", None),
+            type_vocab_size=getattr(encoder, "type_vocab_size", None),
+            tokenizer_sha256=tokenizer_fingerprint(self.tokenizer)["sha256"],
+        )
 
         strategy_args: dict[str, Any] = {}
         if config.sampling is SamplingStrategyName.MIX_OPT:

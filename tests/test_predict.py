@@ -312,7 +312,7 @@ def test_cache_of_another_tokenizer(
     folder = tmp_path / "pair_dev"
     write_split(folder, dataclasses.replace(split, meta=meta))
     argv = ["--checkpoint", str(checkpoint), "--task", "pair", "--input", str(folder)]
-    assert expect_error(argv, capfd).startswith(f"error: {folder}: holds token ids of another tokenizer")
+    assert expect_error(argv, capfd).startswith(f"error: {folder}: task 'pair': key 'tokenizer': the cache")
 
 
 def test_folder_that_is_not_a_cache(

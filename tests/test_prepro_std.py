@@ -161,3 +161,56 @@ def test_subprocess_user_mistake_has_no_traceback(data_root: Path, all_task_defs
     assert result.stderr.splitlines() == [
         f"error: --tasks: task(s) 'nope' not defined in {all_task_defs} (defined: single, pair, score, rank)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "pair:\n  task_type: classification\n  data_format: premise_only\n  n_class: 2\n"
+            "pair:\n  task_type: regression\n  data_format: premise_only\n",
+            "error: {path}:5: key 'pair': given twice (first on line 1)",
+        ),
+        (
+            "pair:\n  task_type: classification\n  data_format: premise_only\n  n_class: 2\n  n_class: 3\n",
+            "error: {path}:5: key 'n_class': given twice (first on line 4)",
+        ),
+        ("a: " + "[" * 100_000 + "\n", "error: {path}: invalid YAML: nested too deeply"),
+        (
+            b"pair:\n  task_type: classification\n  data_format: premise_only\n  labels: [caf\xe9, th\xe9]\n",
+            "error: {path}:4: not UTF-8 text (byte 0xe9 at column 15); save the file as UTF-8",
+        ),
+    ],
+)
+def test_a_task_def_the_yaml_loader_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str | bytes, expected: str
+) -> None:
+    bad = tmp_path / "bad.yml"
+    if isinstance(text, bytes):
+        bad.write_bytes(text)
+    else:
+        bad.write_text(text, encoding="utf-8")
+    code, out, err = run_main(["--task_def", str(bad), "--root_dir", str(tmp_path), "--model", "x"], capsys)
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.splitlines() == [expected.format(path=bad)]
+
+
+def test_a_task_named_on_is_encoded_under_that_name(
+    tmp_path: Path,
+    write_jsonl: Callable[..., Path],
+    tiny_tokenizer_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = tmp_path / "data"
+    for split in ("train", "dev", "test"):
+        write_jsonl(root / f"on_{split}.jsonl", [{"uid": "1", "label": "yes", "premise": "good"}])
+    task_def = tmp_path / "tasks.yml"
+    task_def.write_text(
+        "on:\n  task_type: classification\n  data_format: premise_only\n  labels: [no, yes]\n",
+        encoding="utf-8",
+    )
+    argv = ["--task_def", str(task_def), "--root_dir", str(root), "--model", str(tiny_tokenizer_dir)]
+    code, _, err = run_main([*argv, "--cache_name", "c", "--no_progress"], capsys)
+    assert code == 0, err
+    assert sorted(read_manifest(root / "c")["splits"]) == ["on_dev", "on_test", "on_train"]
+    assert load_split(root / "c" / "on_train").labels.tolist() == [1]

@@ -7,8 +7,9 @@ Usage (from the repo root)::
 Writes ``<output_dir>/<task>_<split>.jsonl`` with rows ``{"uid", "label", "premise"[, "hypothesis"]}`` (test
 splits have no label) for the tasks of ``experiments/glue/glue_task_def.yml``. Files are read the way GLUE
 writes them: tab-separated, no quoting (a ``"`` is text), columns found by header name; CoLA's train and dev
-files have no header. A row with the wrong number of fields stops the run with ``file:line``; QQP's train and
-dev files hold a few such rows, which are skipped, counted and listed instead.
+files have no header. A row with the wrong number of fields, or a file not in UTF-8, stops the run with
+``file:line``; QQP's train and dev files hold a few rows of the wrong width, which are skipped, counted and
+listed instead.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from data_utils.errors import UserError, exit_on_user_error  # noqa: E402
-from experiments.canonical import FileResult, Summary, parse_names, print_summary, write_rows  # noqa: E402
+from experiments.canonical import (  # noqa: E402
+    FileResult,
+    Summary,
+    parse_names,
+    print_summary,
+    read_utf8,
+    write_rows,
+)
 
 TASK_DEF = Path(__file__).resolve().parent / "glue_task_def.yml"
 
@@ -116,7 +124,7 @@ def read_glue_file(glue_dir: Path, task: GlueTask, source: GlueFile) -> FileResu
     path = glue_dir / source.path
     if not path.is_file():
         raise UserError(f"{path}: not found (task {task.name}; expected the official GLUE layout)")
-    lines = path.read_text(encoding="utf-8-sig").split("\n")  # -sig: MRPC's files start with a BOM
+    lines = read_utf8(path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     lines = [line.removesuffix("\r") for line in lines]

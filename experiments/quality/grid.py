@@ -24,10 +24,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from data_utils.errors import UserError
 from data_utils.task_def import TaskDef, load_task_defs
+from data_utils.yaml_io import load_yaml
 from experiments.quality.tuning import LR_TUNED, lr_spelling, tuning_method
 
 
@@ -251,7 +250,8 @@ def _tuning_cells(grid: Grid) -> Iterator[Cell]:
 
 
 def load_grid(path: str | Path) -> Grid:
-    """Read and check a grid YAML (``yaml.safe_load``); relative paths in it are from the current folder."""
+    """Read and check a grid YAML (``data_utils.yaml_io``: safe and strict); relative paths in it are from
+    the current folder."""
     path = Path(path)
     document = _read_document(path)
     read = _Reader(path)
@@ -304,14 +304,7 @@ def load_grid(path: str | Path) -> Grid:
 
 
 def _read_document(path: Path) -> dict[str, Any]:
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise UserError(f"{path}: cannot read grid: {error.strerror or error}") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise UserError(f"{where}: invalid YAML: {getattr(error, 'problem', None) or error}") from None
+    document = load_yaml(path, what="grid")
     if not isinstance(document, dict):
         raise UserError(f"{path}: expected a mapping with keys {', '.join(_REQUIRED)}, ...")
     for key in document:

@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from data_utils.errors import UserError, exit_on_user_error  # noqa: E402
-from experiments.canonical import FileResult, Summary, print_summary, write_rows  # noqa: E402
+from experiments.canonical import FileResult, Summary, print_summary, read_utf8, write_rows  # noqa: E402
 
 TASK = "scitail"
 TASK_DEF = Path(__file__).resolve().parent / "scitail_task_def.yml"
@@ -34,7 +34,7 @@ def read_scitail_file(path: Path, split: str) -> FileResult:
     if not path.is_file():
         raise UserError(f"{path}: not found (expected the official SciTailV1.1/tsv_format layout)")
     result = FileResult()
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = read_utf8(path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     for number, line in enumerate(lines, start=1):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -83,6 +84,12 @@ def test_meta_contents(tiny_tokenizer: Any) -> None:
         "split": "train",
         "task_type": "classification",
         "data_format": "premise_and_one_hypothesis",
+        "task_def": {
+            "task_type": "classification",
+            "data_format": "premise_and_one_hypothesis",
+            "labels": ["entailment", "neutral", "contradiction"],
+            "n_class": 3,
+        },
         "rows": 2,
         "sequences": 2,
         "truncated": 1,
@@ -259,10 +266,19 @@ def test_preprocess_writes_every_split_and_a_manifest(
     assert (cache_dir / MANIFEST).is_file()
     assert manifest["tokenizer_path"] == str(tiny_tokenizer_dir) and manifest["max_seq_len"] == 16
     assert manifest["tokenizer"] == summary["tokenizer"]
+    source = data_root / "pair_train.jsonl"
     assert manifest["splits"]["pair_train"] == {
         "task": "pair",
         "split": "train",
-        "source": str(data_root / "pair_train.jsonl"),
+        "source": str(source),
+        "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+        "source_bytes": source.stat().st_size,
+        "task_def": {
+            "task_type": "classification",
+            "data_format": "premise_and_one_hypothesis",
+            "labels": ["entailment", "neutral", "contradiction"],
+            "n_class": 3,
+        },
         "rows": 2,
         "sequences": 2,
         "truncated": 1,
@@ -422,3 +438,14 @@ def test_cache_is_readable_by_others_under_the_usual_umask(
     cache_dir = Path(summary["cache_dir"])
     assert stat.S_IMODE(split_dir(cache_dir, "pair", "train").stat().st_mode) == 0o755
     assert stat.S_IMODE((cache_dir / MANIFEST).stat().st_mode) == 0o644
+
+
+def test_a_cache_folder_that_cannot_be_written_is_a_user_error(
+    data_root: Path, all_task_defs: Path, tiny_tokenizer_dir: Path
+) -> None:
+    (data_root / "taken").write_text("a file, not a folder", encoding="utf-8")
+    with pytest.raises(UserError) as caught:
+        preprocess(
+            load_task_defs(all_task_defs), data_root, tiny_tokenizer_dir, cache_name="taken", progress=False
+        )
+    assert str(caught.value) == f"{data_root / 'taken'}: cannot write the token-id cache: File exists"

@@ -168,7 +168,12 @@ def test_to_dict_round_trips() -> None:
             "dropout_p",
             "outside",
         ),
-        ("task_type: classification\n  data_format: premise_only\n  labels: [yes, no]", "labels", "quote it"),
+        (
+            "task_type: classification\n  data_format: premise_only\n  labels: [true, false]",
+            "labels",
+            "quote it",
+        ),
+        ("task_type: classification\n  data_format: premise_only\n  labels: [0.5, 1]", "labels", "quote it"),
         ("task_type: classification\n  data_format: premise_only\n  labels: [a, a]", "labels", "duplicate"),
         ("task_type: regression\n  data_format: premise_only\n  labels: [a, b]", "labels", "numeric labels"),
         (

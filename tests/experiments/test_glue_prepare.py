@@ -217,3 +217,20 @@ def test_submission_files_have_the_official_names_headers_rows_and_labels(
             assert all(float(value) == float(value) for value in predictions)
         else:
             assert set(predictions) <= allowed[path.stem]
+
+
+def test_a_file_in_another_encoding_names_file_and_line(glue_dir: Path, tmp_path: Path) -> None:
+    rte = glue_dir / "RTE" / "dev.tsv"
+    text = (
+        "index\tsentence1\tsentence2\tlabel\n0\tA.\tB.\tentailment\n1\tCaf\u00e9 au lait.\tC.\tentailment\n"
+    )
+    rte.write_bytes(text.encode("latin-1"))
+    with pytest.raises(UserError) as caught:
+        prepare.prepare(glue_dir, tmp_path / "out", ["rte"])
+    assert str(caught.value) == f"{rte}:3: not UTF-8 text (byte 0xe9 at column 6); convert the file to UTF-8"
+    assert not (tmp_path / "out" / "rte_dev.jsonl").exists()
+
+
+def test_mrpc_s_byte_order_mark_is_not_text(glue_dir: Path, tmp_path: Path) -> None:
+    prepare.prepare(glue_dir, tmp_path / "out", ["mrpc"])
+    assert rows_of(tmp_path / "out" / "mrpc_train.jsonl")[0]["label"] == "1"

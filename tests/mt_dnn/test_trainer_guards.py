@@ -123,7 +123,10 @@ def test_a_test_dataset_without_labelled_splits_is_refused(tiny_run: dict, tmp_p
     data = tmp_path / "cache"
     shutil.copytree(tiny_run["data_dir"], data)
     for split in data.glob("pair_dev*"):
-        shutil.rmtree(split)  # pair keeps only its unlabelled test split
+        shutil.rmtree(split)  # pair keeps only its unlabelled test split (prepro run without its dev file)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["splits"] = {name: entry for name, entry in manifest["splits"].items() if name != "pair_dev"}
+    (data / "manifest.json").write_text(json.dumps(manifest))
     config = config_for(tiny_run, tmp_path / "out", test_datasets=["pair"], **SINGLE)
     config.data_dir = str(data)
     with pytest.raises(UserError, match="--test_datasets task 'pair' has no labelled dev or test split"):
@@ -178,3 +181,39 @@ def test_tensorboard_without_its_package_is_a_one_line_error(
         UserError, match="--tensorboard needs the tensorboard package: pip install tensorboard"
     ):
         Trainer(config_for(tiny_run, tmp_path, tensorboard=True, **SINGLE)).train()
+
+
+# ------------------------------------------------------------------ interrupted saves
+
+
+def test_a_save_killed_between_its_renames_is_recovered_and_resumes_the_same_run(
+    tiny_run: dict, tmp_path: Path
+) -> None:
+    from data_utils.atomic import aside_path
+
+    options = {**SINGLE, "epochs": 2}
+    full = Trainer(config_for(tiny_run, tmp_path / "full", **options))
+    full.train()
+    interrupted = Trainer(config_for(tiny_run, tmp_path / "split", **options))
+    interrupted.train(until_step=3)
+    last = tmp_path / "split" / "last"
+    last.rename(aside_path(last))  # the old copy moved aside, the new one never renamed in place
+    stale = tmp_path / "split" / ".last.deadhost.999999.0123abcd.tmp"
+    stale.mkdir()
+    (stale / "heads.safetensors").write_bytes(b"half a checkpoint")
+    resumed = Trainer(config_for(tiny_run, tmp_path / "split", resume=True, **options))
+    assert last.is_dir() and not aside_path(last).exists()
+    results = resumed.train()
+    assert results["steps"] == full.step
+    for key, value in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=1e-6, msg=key)
+
+
+def test_stale_temporaries_of_this_host_are_removed_when_a_run_starts(tiny_run: dict, tmp_path: Path) -> None:
+    from data_utils import atomic
+
+    tmp_path.mkdir(exist_ok=True)
+    stale = tmp_path / f".last.{atomic._HOST}.999999.0123abcd.tmp"  # a writer that no longer runs
+    stale.mkdir()
+    Trainer(config_for(tiny_run, tmp_path, **SINGLE))
+    assert not stale.exists()
