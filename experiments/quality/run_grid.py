@@ -89,13 +89,7 @@ def select_methods(grid: Grid, names: str | None) -> Grid:
     cells (rows already in the results file count as done), but not the source's own seeds."""
     if names is None:
         return grid
-    chosen = [name.strip() for name in names.split(",") if name.strip()]
-    for name in chosen:
-        if name not in grid.methods:
-            known = ", ".join(grid.methods)
-            raise UserError(f"--methods: '{name}' is not a method of {grid.path} (expected some of: {known})")
-    if not chosen:
-        raise UserError("--methods: expected at least one method name")
+    chosen = _chosen(names, "--methods", "method", list(grid.methods), grid.path)
     sources = {grid.lr_from[name] for name in chosen if name in grid.lr_from} - set(chosen)
     methods = {name: flags for name, flags in grid.methods.items() if name in chosen or name in sources}
     lr_only = tuple(name for name in methods if name in sources)
@@ -106,19 +100,26 @@ def select_tasks(grid: Grid, names: str | None) -> Grid:
     """The grid with only the named tasks, in the grid's order; an unknown name is a one-line error."""
     if names is None:
         return grid
-    chosen = [name.strip() for name in names.split(",") if name.strip()]
-    for name in chosen:
-        if name not in grid.tasks:
-            known = ", ".join(grid.tasks)
-            raise UserError(f"--tasks: '{name}' is not a task of {grid.path} (expected some of: {known})")
-    if not chosen:
-        raise UserError("--tasks: expected at least one task name")
+    chosen = _chosen(names, "--tasks", "task", list(grid.tasks), grid.path)
     if any(regime is not Regime.SINGLE for regime in grid.regimes) and len(chosen) < len(grid.tasks):
         raise UserError("--tasks: a grid with multi-task regimes trains all its tasks together")
     tasks = tuple(task for task in grid.tasks if task in chosen)
     by_task = {task: sizes for task, sizes in grid.n_train_by_task.items() if task in chosen}
     n_train = tuple(dict.fromkeys(size for task in tasks for size in grid.sizes(task)))
     return dataclasses.replace(grid, tasks=tasks, n_train=n_train, n_train_by_task=by_task)
+
+
+def _chosen(names: str, flag: str, kind: str, known: list[str], path: Path) -> list[str]:
+    """The comma-separated ``names``, each one of ``known``; else one error line naming ``flag``."""
+    chosen = [name.strip() for name in names.split(",") if name.strip()]
+    for name in chosen:
+        if name not in known:
+            raise UserError(
+                f"{flag}: '{name}' is not a {kind} of {path} (expected some of: {', '.join(known)})"
+            )
+    if not chosen:
+        raise UserError(f"{flag}: expected at least one {kind} name")
+    return chosen
 
 
 def _check_done(cell: Cell, grid: Grid, done: dict[Key, ResultRow], results_path: Path) -> bool:
