@@ -2,7 +2,8 @@
 
 ``build_method(name, target, **hyper_parameters)`` -> an ``AdversarialMethod``; describe each batch with
 ``AdversarialBatch`` and call ``method.train_step(batch)`` (or ``method(batch)`` and backpropagate yourself
-when ``not method.owns_backward``). See ``module.adversarial.base`` for the contract.
+when ``not method.owns_backward``). See ``module.adversarial.base`` for the contract, and
+``register_method`` (``module.adversarial.registry``) to add a method of your own.
 """
 
 from module.adversarial.base import AdversarialBatch, AdversarialMethod, AdversarialStep, Backward
@@ -11,7 +12,17 @@ from module.adversarial.gradient_attacks import FGM, FGSM, PGD, FGMConfig, FGSMC
 from module.adversarial.hooks import RngSnapshot, add_to_output, capture_output
 from module.adversarial.names import AdversarialMethodName
 from module.adversarial.norms import NormLevel, PNorm, Radius, norm, normalize, project
-from module.adversarial.registry import METHODS, MethodSpec, build_method, method_parameters
+from module.adversarial.registry import (
+    METHODS,
+    MethodName,
+    MethodSpec,
+    build_method,
+    method_names,
+    method_parameters,
+    method_spec,
+    register_method,
+    unregister_method,
+)
 from module.adversarial.smart import AdversarialResult, Divergence, SmartConfig, SmartPerturbation
 from module.adversarial.virtual import (
     ALUM,
@@ -55,6 +66,7 @@ __all__ = [
     "FreeATConfig",
     "FreeLB",
     "FreeLBConfig",
+    "MethodName",
     "MethodSpec",
     "NoiseType",
     "NormLevel",
@@ -66,9 +78,13 @@ __all__ = [
     "add_to_output",
     "build_method",
     "capture_output",
+    "method_names",
     "method_parameters",
+    "method_spec",
     "norm",
     "normalize",
     "project",
+    "register_method",
     "spectral_normalize",
+    "unregister_method",
 ]

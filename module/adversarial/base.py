@@ -55,7 +55,8 @@ class AdversarialBatch:
     multiplies losses whose gradient only serves a perturbation direction (fp16: the loss scale, so tiny
     gradients do not underflow; the direction is normalised, so the scale cancels). ``noise_seeds``: one
     seed per row for methods with random initial noise. ``replay``/``key``: FreeAT's replay index of this
-    micro-batch (0 = first time seen) and its position within the optimizer step.
+    micro-batch (0 = first time seen) and its position within the optimizer step; ``replay=None`` lets FreeAT
+    count the replays of each ``key`` itself (0, 1, ..., m - 1, then 0 again: call it m times per batch).
     """
 
     run: Callable[[], Tensor]
@@ -66,7 +67,7 @@ class AdversarialBatch:
     backward: Backward = _plain_backward
     inner_loss_scale: float | Tensor = 1.0
     noise_seeds: Sequence[int] | None = None
-    replay: int = 0
+    replay: int | None = None
     key: Hashable = 0
 
     @property
@@ -85,9 +86,11 @@ class AdversarialStep:
 
     ``loss``: the method's whole objective (task loss included), with its graph unless ``backpropagated``.
     ``outputs``: the clean outputs with their graph when the method ran a clean pass (the Bregman term uses
-    them), else None. ``stats``: detached scalars for logs: ``adv_loss`` (the adversarial loss or divergence),
-    ``delta_ratio`` (||delta|| / ||target output|| on real positions) and ``adv_skipped`` (1.0 when a
-    non-finite perturbation gradient turned the perturbation off for this batch).
+    them), else None. ``task_loss``: the task loss of that clean pass (detached; for R-Drop the mean of its
+    two passes), None for the methods without one (FreeAT, YOPO, FreeLB train on perturbed passes only).
+    ``stats``: detached scalars for logs: ``adv_loss`` (the adversarial loss or divergence), ``delta_ratio``
+    (||delta|| / ||target output|| on real positions) and ``adv_skipped`` (1.0 when a non-finite
+    perturbation gradient turned the perturbation off for this batch).
     """
 
     loss: Tensor
@@ -95,13 +98,16 @@ class AdversarialStep:
     backpropagated: bool
     stats: dict[str, Tensor] = field(default_factory=dict)
     delta: Tensor | None = None
+    task_loss: Tensor | None = None
 
 
 class AdversarialMethod(ABC):
     """``method(batch) -> AdversarialStep``; ``method.train_step(batch)`` also runs the backward."""
 
-    name: ClassVar[AdversarialMethodName]
+    name: ClassVar[AdversarialMethodName | str]  # a user method's name is a plain string
     owns_backward: ClassVar[bool] = False
+    # True for methods whose constructor takes ``first_layer=`` (YOPO); ``build_method`` passes it.
+    uses_first_layer: ClassVar[bool] = False
 
     def __init__(self, target: nn.Module) -> None:
         self.target = target

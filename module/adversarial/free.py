@@ -9,8 +9,9 @@ perturbation direction is normalised (or its sign taken), a loss scale in the ba
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,9 @@ class FreeLB(AdversarialMethod):
     def __call__(self, batch: AdversarialBatch) -> AdversarialStep:
         config = self.config
         rng = RngSnapshot.capture(device_of(self.target, batch.token_mask)) if config.dropout_replay else None
+        # Without per-row seeds the initial noise comes from the global RNG, in pass 0's forward: the state
+        # after that draw is what pass 0's later dropout layers see, so the replays restore it there too.
+        after_noise = _AfterNoise(rng if batch.noise_seeds is None else None)
         delta: Tensor | None = None
         output = mask = torch.empty(0)
         finite = torch.ones((), dtype=torch.bool)
@@ -101,9 +105,9 @@ class FreeLB(AdversarialMethod):
             last = step + 1 == config.k
             make: Callable[[Tensor], Tensor]
             if delta is None:
-                make = lambda out: _leaf(self._initial_delta(out, batch))  # noqa: E731
+                make = lambda out: _leaf(after_noise.drawn(self._initial_delta(out, batch)))  # noqa: E731
             else:
-                make = lambda out, current=delta: _leaf(current)  # noqa: E731
+                make = lambda out, current=delta: _leaf(after_noise.restored(current))  # noqa: E731
             with perturb_output(self.target, make) as seen:
                 runner = batch.run if last else batch.inner_run
                 if rng is not None and step > 0:
@@ -177,13 +181,15 @@ class FreeAT(AdversarialMethod):
         super().__init__(target)
         self.config = config or FreeATConfig()
         self._deltas: dict[Hashable, Tensor] = {}
+        self._counts: dict[Hashable, int] = {}
 
     @property
     def replays(self) -> int:
         return self.config.replays
 
     def __call__(self, batch: AdversarialBatch) -> AdversarialStep:
-        if batch.replay == 0:
+        replay = self._replay_index(batch)
+        if replay == 0:
             self._deltas.pop(batch.key, None)
         previous = self._deltas.get(batch.key)
 
@@ -202,7 +208,7 @@ class FreeAT(AdversarialMethod):
         used = seen.delta.detach()
         grad = seen.delta.grad if seen.delta.grad is not None else torch.zeros_like(used)
         grad, finite = finite_or_zero(grad)
-        if batch.replay + 1 < self.replays:
+        if replay + 1 < self.replays:
             unit = length_unit(self.config.radius, output, mask, PNorm.INF, NormLevel.TOKEN)
             epsilon = scale_length(self.config.epsilon, unit)
             self._deltas[batch.key] = (
@@ -211,6 +217,14 @@ class FreeAT(AdversarialMethod):
         else:
             self._deltas.pop(batch.key, None)
         return AdversarialStep(loss.detach(), None, True, _step_stats(loss, used, output, mask, finite), used)
+
+    def _replay_index(self, batch: AdversarialBatch) -> int:
+        """The batch's replay index: the caller's, or (``replay=None``) this key's count of calls modulo m."""
+        if batch.replay is not None:
+            return batch.replay
+        count = self._counts.get(batch.key, 0)
+        self._counts[batch.key] = (count + 1) % self.replays
+        return count
 
 
 @dataclass(frozen=True)
@@ -241,6 +255,7 @@ class YOPO(AdversarialMethod):
 
     name = AdversarialMethodName.YOPO
     owns_backward = True
+    uses_first_layer = True
 
     def __init__(
         self, target: nn.Module, config: YOPOConfig | None = None, first_layer: nn.Module | None = None
@@ -259,10 +274,13 @@ class YOPO(AdversarialMethod):
         for outer in range(config.outer_steps):
             last = outer + 1 == config.outer_steps
             rng = RngSnapshot.capture(device)
+            # Pass 0 draws its initial noise (without per-row seeds: from the global RNG) inside the first
+            # layer; its inner reruns restore the state after that draw there, so their dropout matches.
+            after_noise = _AfterNoise(rng if outer == 0 and batch.noise_seeds is None else None)
             call = _FirstLayerCall()
             make: Callable[[Tensor], Tensor]
             if delta is None:
-                make = lambda out: self._initial_delta(out, batch)  # noqa: E731
+                make = lambda out, noise=after_noise: noise.drawn(self._initial_delta(out, batch))  # noqa: E731
             else:
                 make = lambda out, current=delta: current  # noqa: E731
             with call.recording(self.first_layer), perturb_output(self.target, make) as seen:
@@ -278,7 +296,7 @@ class YOPO(AdversarialMethod):
             costate, step_finite = finite_or_zero(call.costate())
             finite = finite & step_finite
             if not last:
-                delta = self._inner_updates(delta, costate, call, rng, mask, output)
+                delta = self._inner_updates(delta, costate, call, rng, mask, output, after_noise)
         assert delta is not None
         return AdversarialStep(total, None, True, _step_stats(total, delta, output, mask, finite), delta)
 
@@ -290,6 +308,7 @@ class YOPO(AdversarialMethod):
         rng: RngSnapshot,
         mask: Tensor,
         output: Tensor,
+        after_noise: _AfterNoise,
     ) -> Tensor:
         """n sign-ascent steps on <p, f0(x + delta)>, rerunning only the first layer."""
         config = self.config
@@ -297,7 +316,7 @@ class YOPO(AdversarialMethod):
         step_size, epsilon = scale_length(config.step_size, unit), scale_length(config.epsilon, unit)
         for _ in range(config.k):
             delta = _leaf(delta)
-            with add_to_output(self.target, delta), rng.replay():
+            with add_to_output(self.target, delta), rng.replay(), after_noise.restoring_at(self.target):
                 first_output = call.rerun(self.first_layer)
             (grad,) = torch.autograd.grad((costate * first_output.float()).sum(), delta)
             grad, _ = finite_or_zero(grad)
@@ -311,6 +330,42 @@ class YOPO(AdversarialMethod):
         noise = initial_noise(output, batch.noise_seeds, mask, distribution="uniform")
         unit = length_unit(self.config.radius, output, mask, PNorm.INF, NormLevel.TOKEN)
         return noise * scale_length(self.config.epsilon, unit)
+
+
+class _AfterNoise:
+    """The random state right after a pass drew its initial noise from the global RNG, to restore it at the
+    same point (the target's output) when a later pass replays that pass's random state. Inert when built
+    with ``None`` (no replay, or per-row seeds that leave the global RNG alone)."""
+
+    def __init__(self, rng: RngSnapshot | None) -> None:
+        self.rng = rng
+        self.state: RngSnapshot | None = None
+
+    def drawn(self, noise: Tensor) -> Tensor:
+        """Call right after drawing ``noise`` (returned as it is): records the state it left."""
+        if self.rng is not None:
+            self.state = RngSnapshot.capture(self.rng.device)
+        return noise
+
+    def restored(self, value: Tensor) -> Tensor:
+        """Call at the target's output inside ``rng.replay()``: the state becomes the recorded one."""
+        if self.state is not None:
+            torch.set_rng_state(self.state.cpu)
+            if self.state.accelerator is not None:
+                torch.cuda.set_rng_state(self.state.accelerator, self.state.device)
+        return value
+
+    @contextlib.contextmanager
+    def restoring_at(self, module: nn.Module) -> Iterator[None]:
+        """While the block runs, ``module``'s forward restores the recorded state (inside a replay fork)."""
+        if self.state is None:
+            yield
+            return
+        handle = module.register_forward_hook(lambda mod, args, out: self.restored(out))
+        try:
+            yield
+        finally:
+            handle.remove()
 
 
 class _FirstLayerCall:

@@ -2,7 +2,9 @@
 
 All three start from one clean pass whose loss gradient with respect to the target's output (delta = 0) is
 taken with ``torch.autograd.grad`` - parameter ``.grad`` is untouched - and end with one adversarial pass
-whose loss joins the clean loss in the caller's one backward. Padding positions are never perturbed.
+whose loss joins the clean loss in the caller's one backward. Padding positions are never perturbed. A
+non-finite perturbation gradient turns the perturbation off for the batch (delta 0, counted in
+``adv_skipped``): FGM and PGD then drop their adversarial term, and FGSM's mixture is the clean loss.
 """
 
 from __future__ import annotations
@@ -62,6 +64,12 @@ def _zero_leaf(output: Tensor) -> Tensor:
     return torch.zeros(output.shape, device=output.device, dtype=torch.float32, requires_grad=True)
 
 
+def _kept(adversarial_loss: Tensor, finite: Tensor) -> Tensor:
+    """The adversarial loss, or 0 when a non-finite gradient turned the perturbation off: with delta = 0 it
+    would be the clean loss a second time (a doubled clean gradient). No host sync; exact when finite."""
+    return torch.where(finite, adversarial_loss, 0.0)
+
+
 def _stats(adversarial_loss: Tensor, delta: Tensor, clean: CleanPass) -> dict[str, Tensor]:
     return {
         "adv_loss": adversarial_loss.detach(),
@@ -105,7 +113,9 @@ class FGSM(AdversarialMethod):
         adversarial = batch.loss(run_with_delta(self.target, batch.inner_run, delta))
         alpha = self.config.alpha
         loss = (1 - alpha) * clean.loss + alpha * adversarial
-        return AdversarialStep(loss, clean.outputs, False, _stats(adversarial, delta, clean), delta.detach())
+        return AdversarialStep(
+            loss, clean.outputs, False, _stats(adversarial, delta, clean), delta.detach(), clean.loss.detach()
+        )
 
 
 @dataclass(frozen=True)
@@ -148,8 +158,10 @@ class FGM(AdversarialMethod):
         direction = normalize(clean.grad * clean.mask, config.p_norm, config.norm_level)
         delta = scale_length(config.epsilon, unit) * direction
         adversarial = batch.loss(run_with_delta(self.target, batch.inner_run, delta))
-        loss = clean.loss + config.alpha * adversarial
-        return AdversarialStep(loss, clean.outputs, False, _stats(adversarial, delta, clean), delta.detach())
+        loss = clean.loss + config.alpha * _kept(adversarial, clean.finite)
+        return AdversarialStep(
+            loss, clean.outputs, False, _stats(adversarial, delta, clean), delta.detach(), clean.loss.detach()
+        )
 
 
 @dataclass(frozen=True)
@@ -206,7 +218,7 @@ class PGD(AdversarialMethod):
                 delta = delta.detach()
         delta = torch.where(finite, delta, 0.0) * clean.mask
         adversarial = batch.loss(run_with_delta(self.target, batch.inner_run, delta))
-        loss = clean.loss + config.alpha * adversarial
+        loss = clean.loss + config.alpha * _kept(adversarial, finite)
         stats = _stats(adversarial, delta, clean)
         stats["adv_skipped"] = (~finite).float()
-        return AdversarialStep(loss, clean.outputs, False, stats, delta.detach())
+        return AdversarialStep(loss, clean.outputs, False, stats, delta.detach(), clean.loss.detach())

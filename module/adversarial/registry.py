@@ -1,13 +1,20 @@
-"""The registry of adversarial methods: one entry per method, keyed by ``AdversarialMethodName``.
+"""The registry of adversarial methods: the built-in ones (read-only) and the ones users register.
 
 ``build_method("freelb", target, k=3)`` builds a method with its paper defaults and the given overrides;
-``method_parameters("freelb")`` lists the hyper-parameters it takes (its config's fields).
+``method_parameters("freelb")`` lists the hyper-parameters it takes (its config's fields). ``METHODS`` holds
+the built-in methods, keyed by ``AdversarialMethodName`` (what ``train.py``'s ``--adv_method`` offers).
+
+A method of your own joins with ``register_method(MethodSpec("mine", MyMethod, MyConfig, "summary"))``;
+its name is a plain lowercase string (``AdversarialMethodName`` is the closed set of built-in names), and
+``build_method``, ``method_parameters`` and the HF / fastai plug-ins take it like a built-in name.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import difflib
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -21,12 +28,26 @@ from module.adversarial.names import AdversarialMethodName
 from module.adversarial.smart import SmartConfig
 from module.adversarial.virtual import ALUM, R3F, R4F, ALUMConfig, R3FConfig, RDrop, RDropConfig, Smart
 
-__all__ = ["METHODS", "MethodSpec", "build_method", "method_parameters"]
+__all__ = [
+    "METHODS",
+    "MethodName",
+    "MethodSpec",
+    "build_method",
+    "method_names",
+    "method_parameters",
+    "method_spec",
+    "register_method",
+    "unregister_method",
+]
+
+# A built-in name, or the name of a registered method of your own.
+MethodName = AdversarialMethodName | str
+_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    name: AdversarialMethodName
+    name: MethodName
     method: type[AdversarialMethod]
     config: type[Any]  # a frozen dataclass of hyper-parameters with the paper's defaults
     summary: str
@@ -37,7 +58,7 @@ class MethodSpec:
 
 
 def _specs(*specs: MethodSpec) -> Mapping[AdversarialMethodName, MethodSpec]:
-    return MappingProxyType({spec.name: spec for spec in specs})
+    return MappingProxyType({AdversarialMethodName(spec.name): spec for spec in specs})
 
 
 METHODS: Mapping[AdversarialMethodName, MethodSpec] = _specs(
@@ -61,13 +82,95 @@ METHODS: Mapping[AdversarialMethodName, MethodSpec] = _specs(
 )
 
 
-def method_parameters(name: AdversarialMethodName | str) -> tuple[str, ...]:
+class _UserMethods(Mapping[str, MethodSpec]):
+    """The methods registered at run time (the one mutable part of the registry; built-ins never change)."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, MethodSpec] = {}
+
+    def __getitem__(self, name: str) -> MethodSpec:
+        return self._specs[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def add(self, spec: MethodSpec) -> None:
+        self._specs[str(spec.name)] = spec
+
+    def remove(self, name: str) -> None:
+        del self._specs[name]
+
+
+_USER_METHODS = _UserMethods()
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Add a method of your own to the registry (returns ``spec``).
+
+    ``spec.name`` must be a new lowercase name (letters, digits, ``_``, ``-``) equal to ``spec.method.name``;
+    ``spec.config`` a dataclass whose fields are the hyper-parameters, all with defaults. Raises
+    ``ValueError`` for a built-in or already registered name (``unregister_method`` first to replace it).
+    """
+    name = str(spec.name)
+    if not _NAME.match(name):
+        raise ValueError(
+            f"method name {name!r}: use lowercase letters, digits, '_' or '-', starting with a letter"
+        )
+    if name in METHODS:
+        raise ValueError(f"{name!r} is a built-in method; built-in entries cannot be replaced")
+    if name in _USER_METHODS:
+        raise ValueError(f"a method {name!r} is already registered (unregister_method({name!r}) first)")
+    if not (isinstance(spec.method, type) and issubclass(spec.method, AdversarialMethod)):
+        raise ValueError(f"method {name!r}: {spec.method!r} is not an AdversarialMethod subclass")
+    if str(getattr(spec.method, "name", "")) != name:
+        raise ValueError(
+            f"method {name!r}: {spec.method.__name__}.name is {getattr(spec.method, 'name', None)!r}"
+        )
+    if not dataclasses.is_dataclass(spec.config):
+        raise ValueError(f"method {name!r}: its config {spec.config!r} must be a dataclass")
+    _USER_METHODS.add(spec)
+    return spec
+
+
+def unregister_method(name: str) -> MethodSpec:
+    """Remove a method registered with ``register_method`` (built-in ones stay); returns its spec."""
+    if name in METHODS:
+        raise ValueError(f"{name!r} is a built-in method; built-in entries cannot be removed")
+    if name not in _USER_METHODS:
+        raise ValueError(f"no registered method {name!r}")
+    spec = _USER_METHODS[name]
+    _USER_METHODS.remove(name)
+    return spec
+
+
+def method_names() -> tuple[str, ...]:
+    """Every name ``build_method`` takes: the built-in ones, then the registered ones."""
+    return tuple(str(name) for name in METHODS) + tuple(_USER_METHODS)
+
+
+def method_spec(name: MethodName) -> MethodSpec:
+    """The registry entry of ``name``; an unknown name raises ``ValueError`` listing the known ones."""
+    key = str(name)
+    if key in METHODS:
+        return METHODS[AdversarialMethodName(key)]
+    if key in _USER_METHODS:
+        return _USER_METHODS[key]
+    names = method_names()
+    close = difflib.get_close_matches(key.lower(), names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"unknown adversarial method {key!r}{hint}; the methods: {', '.join(names)}")
+
+
+def method_parameters(name: MethodName) -> tuple[str, ...]:
     """The hyper-parameter names ``name``'s config takes."""
-    return tuple(item.name for item in dataclasses.fields(METHODS[AdversarialMethodName(name)].config))
+    return tuple(item.name for item in dataclasses.fields(method_spec(name).config))
 
 
 def build_method(
-    name: AdversarialMethodName | str,
+    name: MethodName,
     target: nn.Module,
     *,
     first_layer: nn.Module | None = None,
@@ -75,10 +178,12 @@ def build_method(
 ) -> AdversarialMethod:
     """The method ``name`` on ``target``'s output, with its defaults overridden by ``parameters``.
 
-    ``first_layer`` is YOPO's (the module whose output the co-state is taken at; default ``target``).
-    Raises ``ValueError`` for a parameter the method does not take (naming the ones it does).
+    ``first_layer`` goes to methods that rerun a first layer (YOPO: the module whose output the co-state is
+    taken at; for an HF encoder its embeddings block; default ``target``, where YOPO's n inner steps reduce
+    to n steps along one fixed gradient). Raises ``ValueError`` for an unknown name (listing the known
+    ones) or a parameter the method does not take (naming the ones it does).
     """
-    spec = METHODS[AdversarialMethodName(name)]
+    spec = method_spec(name)
     known = method_parameters(spec.name)
     unknown = sorted(set(parameters) - set(known))
     if unknown:
@@ -86,6 +191,6 @@ def build_method(
             f"{spec.name} takes no parameter {unknown[0]!r} (its parameters: {', '.join(known)})"
         )
     config = spec.config(**parameters)
-    if spec.method is YOPO:
-        return YOPO(target, config, first_layer=first_layer)
+    if spec.method.uses_first_layer:
+        return spec.method(target, config, first_layer=first_layer)  # type: ignore[call-arg]
     return spec.method(target, config)  # type: ignore[call-arg]

@@ -29,6 +29,7 @@ __all__ = [
     "RDrop",
     "RDropConfig",
     "Smart",
+    "check_is_head",
     "spectral_normalize",
 ]
 
@@ -59,8 +60,8 @@ class Smart(AdversarialMethod):
             "delta_ratio": result.delta_ratio,
             "adv_skipped": result.skipped,
         }
-        loss = batch.loss(result.outputs) + result.loss
-        return AdversarialStep(loss, result.outputs, False, stats, result.delta)
+        task = batch.loss(result.outputs)
+        return AdversarialStep(task + result.loss, result.outputs, False, stats, result.delta, task.detach())
 
 
 @dataclass(frozen=True)
@@ -127,13 +128,14 @@ class R3F(AdversarialMethod):
         mask = position_mask(batch.token_mask, output)
         delta = self._noise(output) * scale_length(1.0, noise_unit(self.config.radius, output, mask)) * mask
         value = divergence(run_with_delta(self.target, batch.inner_run, delta), outputs)
-        loss = batch.loss(outputs) + self.config.alpha * value
+        task = batch.loss(outputs)
+        loss = task + self.config.alpha * value
         stats = {
             "adv_loss": value.detach(),
             "delta_ratio": delta_ratio(delta, output, mask),
             "adv_skipped": torch.zeros((), device=output.device),
         }
-        return AdversarialStep(loss, outputs, False, stats, delta)
+        return AdversarialStep(loss, outputs, False, stats, delta, task.detach())
 
     def _noise(self, output: Tensor) -> Tensor:
         sigma = self.config.noise_var
@@ -148,7 +150,19 @@ class R4F(R3F):
     name = AdversarialMethodName.R4F
 
     def prepare(self, model: nn.Module) -> None:
+        """Spectrally normalise ``model``, the task head; a module that holds the perturbed target or any
+        embedding (an encoder, the whole model) is refused: R4F constrains the head only."""
+        check_is_head(model, self.target)
         spectral_normalize(model)
+
+
+def check_is_head(head: nn.Module, target: nn.Module) -> None:
+    """Raise ``ValueError`` when ``head`` contains ``target`` or an embedding layer (it is not a head)."""
+    name = type(head).__name__
+    if any(module is target for module in head.modules()):
+        raise ValueError(f"R4F: {name} contains the perturbed module; pass the task head, not the model")
+    if any(isinstance(module, nn.Embedding | nn.EmbeddingBag) for module in head.modules()):
+        raise ValueError(f"R4F: {name} holds an embedding layer (an encoder?); pass the task head only")
 
 
 @dataclass(frozen=True)
@@ -182,10 +196,11 @@ class RDrop(AdversarialMethod):
         outputs = batch.run()
         second = batch.inner_run()  # new dropout masks: the global RNG has moved on
         value = divergence(outputs, second)
-        loss = (batch.loss(outputs) + batch.loss(second)) / 2 + self.config.alpha * value
+        task = (batch.loss(outputs) + batch.loss(second)) / 2
+        loss = task + self.config.alpha * value
         zero = torch.zeros((), device=outputs.device)
         stats = {"adv_loss": value.detach(), "delta_ratio": zero, "adv_skipped": zero}
-        return AdversarialStep(loss, outputs, False, stats, None)
+        return AdversarialStep(loss, outputs, False, stats, None, task.detach())
 
 
 def spectral_normalize(head: nn.Module) -> None:

@@ -118,8 +118,10 @@ def test_fit_trains_the_paper_toy(callback: type[AdversarialCallback], params: d
 
 @pytest.mark.parametrize("callback", [SMARTCallback, ALUMCallback])
 def test_zero_alpha_reproduces_plain_training(callback: type[AdversarialCallback]) -> None:
+    """(SMART without its Bregman term: ``test_integrations_fastai_bregman.py`` covers that.)"""
+    extra = {"bregman": False} if callback is SMARTCallback else {}
     plain, plain_log = fit()
-    zero, zero_log = fit(lambda target: callback(target, **{**STRONG, "alpha": 0.0}))
+    zero, zero_log = fit(lambda target: callback(target, **{**STRONG, "alpha": 0.0}, **extra))
     assert len(plain_log.grads) == len(zero_log.grads) == 20
     for left, right in zip(plain_log.grads, zero_log.grads, strict=True):
         for a, b in zip(left, right, strict=True):
@@ -132,7 +134,7 @@ def test_the_term_is_alpha_times_r() -> None:
     """loss_grad - loss = alpha * R on every batch, R the mse between the perturbed and clean outputs."""
     alpha = 3.0
     learn = learner()
-    smart = SMARTCallback(learn.model[0], **{**STRONG, "alpha": alpha})
+    smart = SMARTCallback(learn.model[0], bregman=False, **{**STRONG, "alpha": alpha})
     terms = TermLog(smart)
     learn.add_cbs([smart, terms])
     learn.fit(1)
