@@ -184,6 +184,22 @@ def build_report(
     robustness: Path | None,
 ) -> str:
     """Write the PNGs into ``folder`` and return the Markdown that shows them."""
+    if all(is_tuning_row(row) for row in rows):
+        return (
+            "\n".join(
+                [
+                    "# Does adversarial training help? Results of the quality grid",
+                    "",
+                    "No method rows yet: only learning-rate tuning runs have finished, so 'chosen' is the",
+                    "best candidate so far; the grid picks the winner once every candidate has run.",
+                    "",
+                    "## Learning-rate selection (dev)",
+                    "",
+                    *lr_table(lr_selections(rows)),
+                ]
+            )
+            + "\n"
+        )
     summaries = summarise(rows, split, baseline)
     curves = load_robustness(robustness) if robustness is not None else None
     main_rows = [row for row in rows if not is_tuning_row(row)]
@@ -252,7 +268,8 @@ def main(argv: list[str] | None = None) -> str:
     if not rows:
         raise UserError(f"{args.results}: no results rows (run experiments/quality/run_grid.py first)")
     methods = sorted({row.method for row in rows})
-    if args.baseline not in methods:
+    tuning_only = all(is_tuning_row(row) for row in rows)  # a grid still choosing its learning rates
+    if args.baseline not in methods and not tuning_only:
         raise UserError(f"--baseline {args.baseline}: no rows of that method in {args.results} ({methods})")
     if args.robustness is not None:
         load_robustness(args.robustness)  # a bad file fails before any plotting

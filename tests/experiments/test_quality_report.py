@@ -280,3 +280,25 @@ def test_rows_without_the_newer_fields_still_read(results: Path) -> None:
     results.write_text("\n".join(old) + "\n")  # ...a results file of an older version does not
     rows = read_results(results)
     assert len(rows) == 22 and all(row.best_step is None and row.learning_rate is None for row in rows)
+
+
+def test_a_grid_with_only_tuning_rows_reports_its_selection_table(tmp_path: Path) -> None:
+    from experiments.quality.results import read_results
+
+    source = tmp_path / "rows.jsonl"
+    lines = []
+    for lr, dev in (("1e-04", 51.3), ("4e-04", 72.6)):
+        row = {
+            "regime": "single", "method": f"plain@lr={lr}", "task": "banking77", "n_train": 500, "seed": 1,
+            "metric": "acc", "dev": dev, "test": dev - 2, "dev_metrics": {"acc": dev},
+            "test_metrics": {"acc": dev - 2}, "steps": 256, "timed_steps": 256, "train_step_seconds": 100.0,
+            "wall_seconds": 120.0, "resumed": False, "out_dir": "out/x", "flags": [], "train_argv": [],
+            "learning_rate": float(lr), "lr_source": None, "copy_of": None, "best_step": 256, "epochs": 16,
+        }  # fmt: skip
+        lines.append(json.dumps(row))
+    source.write_text("\n".join(lines) + "\n")
+    assert len(read_results(source)) == 2
+    text = report.main(["--results", str(source), "--output_dir", str(tmp_path / "report")])
+    assert (
+        "No method rows yet" in text and "| banking77 | acc | 500 | plain | 1 | 51.3 | 72.6 | 4e-04 |" in text
+    )
