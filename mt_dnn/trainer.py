@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import pickle
 import random
 import shutil
@@ -38,6 +39,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, set_seed
 
 from data_utils.atomic import (
+    aside_path,
     atomic_directory,
     atomic_write_json,
     clean_stale_temporaries,
@@ -70,6 +72,11 @@ STATE_VERSION = 1
 # Config keys that must match for --resume to continue the same run.
 _RESUME_KEYS = (
     "train_datasets",
+    "test_datasets",
+    "best_metric",
+    "eval_every_steps",
+    "init_checkpoint",
+    "use_encoder_pooler",
     "batch_size",
     "grad_accumulation_step",
     "epochs",
@@ -211,34 +218,57 @@ def _task_dataset(data_dir: str, task_def: TaskDef, split: str) -> TaskDataset:
 
 
 # What a run leaves in its output folder: a folder holding any of them holds a run.
-RUN_OUTPUTS = ("results.json", "metrics.jsonl", "best", "last")
+RUN_OUTPUTS = ("results.json", "metrics.jsonl", "best", "last", "tensorboard")
 
 
-def prepare_output_dir(config: TrainConfig) -> None:
-    """Refuse to write over a run (as HF's Trainer does) unless --resume continues it or
-    --overwrite_output_dir replaces it (then its outputs are removed first)."""
+def check_output_dir(config: TrainConfig) -> list[str]:
+    """What --overwrite_output_dir will remove; refuse to write over a run (as HF's Trainer does) unless
+    --resume continues it (its ``last/`` resume state must exist) or --overwrite_output_dir replaces it.
+    Reads only (every rank runs it); ``repair_output_dir`` and ``clear_outputs`` change the folder."""
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out}: exists and is not a folder")
-    if out.is_dir():
-        # A kill during a checkpoint save: put back a copy moved aside, drop half-written temporaries.
-        for name in ("last", "best"):
-            if recover_interrupted_replace(out / name):
-                logger.warning("%s: restored the copy an interrupted save had moved aside", out / name)
-        for path in clean_stale_temporaries(out):
-            logger.info("removed %s, left by an interrupted save", path)
+    if config.resume and config.overwrite_output_dir:
+        raise UserError(
+            "--resume continues the run in --output_dir, --overwrite_output_dir replaces it: pick one"
+        )
     present = [name for name in RUN_OUTPUTS if (out / name).exists()]
-    if not present or config.resume:
-        return
+    if not present:
+        return []
+    if config.resume:
+        resumable = (out / "last" / STATE_FILE).is_file() or (aside_path(out / "last") / STATE_FILE).is_file()
+        if not resumable:
+            raise UserError(
+                f"--output_dir {out}: holds a run ({', '.join(present)}) but no {Path('last') / STATE_FILE} "
+                "to resume from; replace it with --overwrite_output_dir or pick another folder"
+            )
+        return []
     if not config.overwrite_output_dir:
         raise UserError(
             f"--output_dir {out}: holds a run ({', '.join(present)}); continue it with --resume, replace it "
             "with --overwrite_output_dir, or pick another folder"
         )
-    for name in present:
+    return present
+
+
+def repair_output_dir(out: Path) -> None:
+    """After a kill during a checkpoint save: put back a copy moved aside, drop half-written temporaries."""
+    if not out.is_dir():
+        return
+    for name in ("last", "best"):
+        if recover_interrupted_replace(out / name):
+            logger.warning("%s: restored the copy an interrupted save had moved aside", out / name)
+    for path in clean_stale_temporaries(out):
+        logger.info("removed %s, left by an interrupted save", path)
+
+
+def clear_outputs(out: Path, names: list[str]) -> None:
+    """--overwrite_output_dir: remove the earlier run's outputs (train.log is appended to, not removed)."""
+    for name in names:
         path = out / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    logger.info("--overwrite_output_dir: removed %s from %s", ", ".join(present), out)
+    if names:
+        logger.info("--overwrite_output_dir: removed %s from %s", ", ".join(names), out)
 
 
 def build_model(config: TrainConfig, task_defs: Mapping[str, TaskDef]) -> MTDNNModel:
@@ -267,7 +297,13 @@ class Trainer:
         self.out = Path(config.output_dir)
         self.dist = context or Distributed(device=resolve_device(config.device))
         if self.dist.is_main:
-            prepare_output_dir(config)
+            repair_output_dir(self.out)
+            if os.path.isdir(config.data_dir) and os.access(config.data_dir, os.W_OK):
+                clean_stale_temporaries(config.data_dir)  # once, before any rank reads the cache
+        self._barrier()
+        to_clear = check_output_dir(config)  # every rank: a refusal must stop them all
+        if config.tensorboard:
+            _require_tensorboard()
         self.device = self.dist.device
         set_seed(config.seed)
         self.tokenizer = load_tokenizer(config.init_checkpoint)
@@ -312,12 +348,19 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(self.sampler) / config.grad_accumulation_step) * self.replays
         self.total_steps = self.steps_per_epoch * config.epochs
         if config.max_steps:
+            if config.max_steps % self.replays:
+                raise UserError(
+                    f"--max_steps {config.max_steps}: FreeAT takes {self.replays} optimizer steps per batch; "
+                    f"give a multiple of {self.replays}"
+                )
             self.total_steps = min(self.total_steps, config.max_steps)
         self.optimizer = build_optimizer(self.model, config, self.device)
         self.scheduler = build_scheduler(self.optimizer, config, self.total_steps)
         if config.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
         self.objective = TrainingObjective(self.model, config, self.total_steps, masking=self.data.masking)
+        if self.dist.is_main:  # every check has passed: now the earlier run may go
+            clear_outputs(self.out, to_clear)
         # Mixed precision: autocast around the forward passes; fp16 also scales the loss (GradScaler).
         self.amp_dtype = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.fp16)
@@ -349,6 +392,7 @@ class Trainer:
         self.last_eval: dict[str, dict[str, float]] = {}
         self.test_eval: dict[str, dict[str, float]] = {}
         self._best_key = _parse_best_metric(config.best_metric, self.data)
+        self.data_identity = self._data_identity()  # what --resume must find again (computed once)
 
     # ------------------------------------------------------------------ the loop
 
@@ -380,6 +424,12 @@ class Trainer:
         stopped_early = False  # interrupted at until_step: resumable, not finished
         converged = self._patience_exhausted()  # early stopping: finished before the last epoch
         done = converged or self.step >= self.total_steps  # --max_steps (or a finished run resumed)
+        if done and not converged and self.last_eval_step != self.step:
+            # Resumed after the last step but before its evaluation (killed in it): finish that epoch end.
+            if self.batches_in_epoch >= len(self.sampler):
+                self.epoch, self.batches_in_epoch = self.epoch + 1, 0
+            self._evaluate_and_keep_best(log)
+            self._save_last()
         while self.epoch < config.epochs and not stopped_early and not done:
             self.model.train()
             self.sampler.set_epoch(self.epoch)
@@ -468,11 +518,14 @@ class Trainer:
             window.add(batch.task, loss, stats)
             losses_finite = losses_finite & torch.isfinite(loss)
             if self._check_precision and "delta_ratio" in stats:
-                self._warn_if_perturbation_lost(float(stats["delta_ratio"]))
+                self._warn_if_perturbation_lost(float(stats["delta_ratio"]))  # one host sync per step until
+                # a perturbed step is seen (FreeAT's first replay has none)
         self._optimizer_step(losses_finite)
 
     def _warn_if_perturbation_lost(self, ratio: float) -> None:
-        """One host sync, once per run: warn when the perturbation is below the autocast resolution."""
+        """Warn once when the perturbation is below the autocast resolution (checked until one is seen)."""
+        if ratio <= 0:
+            return
         self._check_precision = False
         assert self.amp_dtype is not None and self.config.adv_method is not None
         message = resolution_warning(str(self.config.adv_method), ratio, self.amp_dtype)
@@ -603,8 +656,8 @@ class Trainer:
                 self.step,
                 self._best_key.describe(),
             )
-        if score is not None and not (self.best_score is None or score > self.best_score):
-            self.evals_since_best += 1
+        if self.best_score is not None and (score is None or score <= self.best_score):
+            self.evals_since_best += 1  # a NaN evaluation is no improvement either
         if score is not None and (self.best_score is None or score > self.best_score):
             self.best_score, self.best_step = score, self.step
             self.evals_since_best = 0
@@ -698,7 +751,7 @@ class Trainer:
             "last_eval_step": self.last_eval_step,
             "nonfinite_total": self.skipped.read()[0],
             "config": _resume_identity(self.config),
-            "data": self._data_identity(),
+            "data": self.data_identity,
         }
         with atomic_directory(self.out / "last") as tmp:
             self.model.save_to(tmp, self.tokenizer, metadata=self._metadata(self.last_eval))
@@ -715,12 +768,18 @@ class Trainer:
             return
         state = _read_state(last / STATE_FILE)
         ours = _resume_identity(self.config)
+        unrecorded = [key for key in _RESUME_KEYS if key not in state["config"]]
+        if unrecorded:
+            raise UserError(
+                f"{last / STATE_FILE}: written by an older train.py that did not record --{unrecorded[0]}; "
+                "resume it with that version, or start over with --overwrite_output_dir"
+            )
         changed = [key for key in _RESUME_KEYS if state["config"].get(key) != ours[key]]
         if changed:
             raise UserError(
                 f"{last / STATE_FILE}: cannot resume: --{changed[0]} differs from the interrupted run"
             )
-        saved_data, our_data = state.get("data"), self._data_identity()
+        saved_data, our_data = state.get("data"), self.data_identity
         if saved_data is not None and saved_data != our_data:
             what = next(key for key in our_data if saved_data.get(key) != our_data[key])
             raise UserError(
@@ -910,6 +969,16 @@ def _resume_identity(config: TrainConfig) -> dict[str, Any]:
     """The config values that must match for --resume to continue the same run."""
     values = config.to_dict()
     return {key: values[key] for key in _RESUME_KEYS}
+
+
+def _require_tensorboard() -> None:
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "--tensorboard needs the tensorboard package: pip install tensorboard "
+            "(or pip install '.[tensorboard]'), or drop the flag"
+        ) from None
 
 
 def _read_state(path: Path) -> dict[str, Any]:

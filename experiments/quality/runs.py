@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from data_utils.atomic import recover_interrupted_replace
 from data_utils.errors import UserError
 from data_utils.task_def import TaskDef
 from experiments.quality.grid import LR_FLAG, Cell, CellKind, Grid, Regime
@@ -85,6 +86,7 @@ def _checkpoint_metadata(folder: Path) -> dict[str, Any]:
 
 def start_state(out: Path) -> int | None:
     """The step a killed run will resume from, or None when there is nothing to resume (folder emptied)."""
+    recover_interrupted_replace(out / "last")  # killed between a save's two renames: its old copy is kept
     if (out / STATE_FILE).is_file():
         return int(_checkpoint_metadata(out / "last").get("step", 0))
     if out.exists():

@@ -7,6 +7,7 @@ method name), so the report can tell them apart. The winner is the candidate wit
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -63,7 +64,8 @@ def pick_winner(dev_by_lr: Mapping[float, float | None], metric: str) -> float:
 
     def badness(learning_rate: float) -> tuple[bool, float, float]:
         dev = dev_by_lr[learning_rate]
-        return (dev is None, -sign * dev if dev is not None else 0.0, learning_rate)
+        missing = dev is None or math.isnan(dev)  # a failed or undefined evaluation: the worst
+        return (missing, 0.0 if missing else -sign * dev, learning_rate)  # type: ignore[operator]
 
     return min(dev_by_lr, key=badness)
 

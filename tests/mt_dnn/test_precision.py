@@ -125,10 +125,12 @@ def test_the_resolution_warning_names_the_numbers_and_only_fires_below_the_resol
     assert message is not None and "2.0e-05" in message and "bfloat16" in message and "7.8e-03" in message
     assert "below" in message and "--adv_radius relative" in message
     assert resolution_warning("smart", 2e-5, torch.float16) is not None  # fp16's resolution is 9.8e-04
-    partly = resolution_warning("fgm", 0.02, torch.bfloat16)  # 2.6 resolutions: partly lost
-    assert partly is not None and "within 4x of" in partly and "partly rounded away" in partly
-    assert resolution_warning("fgm", 0.02, torch.float16) is None  # 20 resolutions of fp16
-    assert resolution_warning("fgm", 0.05, torch.bfloat16) is None
+    partly = resolution_warning("fgsm", 0.01, torch.bfloat16)  # 1.3 resolutions: partly lost
+    assert partly is not None and "within 2x of" in partly and "partly rounded away" in partly
+    assert "at least 0.016" in partly  # 2 x 7.8e-3, rounded up: following the hint clears the warning
+    assert resolution_warning("fgsm", 0.016, torch.bfloat16) is None
+    assert resolution_warning("fgm", 0.02, torch.bfloat16) is None  # the relative defaults stay quiet
+    assert resolution_warning("fgsm", 0.01, torch.float16) is None  # 10 resolutions of fp16
     assert resolution_warning("rdrop", 0.0, torch.bfloat16) is None  # no perturbation: nothing to lose
 
 

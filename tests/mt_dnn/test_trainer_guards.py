@@ -217,3 +217,54 @@ def test_stale_temporaries_of_this_host_are_removed_when_a_run_starts(tiny_run: 
     stale.mkdir()
     Trainer(config_for(tiny_run, tmp_path, **SINGLE))
     assert not stale.exists()
+
+
+# ------------------------------------------------------------------ review fixes
+
+
+def test_resume_without_a_resume_state_does_not_write_over_a_finished_run(
+    tiny_run: dict, tmp_path: Path
+) -> None:
+    Trainer(config_for(tiny_run, tmp_path, **SINGLE)).train()
+    shutil.rmtree(tmp_path / "last")
+    before = (tmp_path / "metrics.jsonl").read_bytes()
+    with pytest.raises(UserError, match="no last/trainer_state.pt to resume from"):
+        Trainer(config_for(tiny_run, tmp_path, resume=True, **SINGLE))
+    with pytest.raises(UserError, match="pick one"):
+        Trainer(config_for(tiny_run, tmp_path, resume=True, overwrite_output_dir=True, **SINGLE))
+    assert (tmp_path / "metrics.jsonl").read_bytes() == before
+
+
+def test_overwrite_removes_nothing_when_a_later_check_fails(tiny_run: dict, tmp_path: Path) -> None:
+    Trainer(config_for(tiny_run, tmp_path, **SINGLE)).train()
+    with pytest.raises(UserError, match="task 'nope' is not defined"):
+        Trainer(config_for(tiny_run, tmp_path, overwrite_output_dir=True, train_datasets=["nope"], epochs=1))
+    assert (tmp_path / "best").is_dir() and (tmp_path / "results.json").is_file()
+
+
+def test_a_run_killed_in_its_last_evaluation_resumes_into_it(tiny_run: dict, tmp_path: Path) -> None:
+    """The state saved at the last step (before the epoch-end evaluation) must not make --resume skip it."""
+    options = {**SINGLE, "epochs": 2}
+    full = Trainer(config_for(tiny_run, tmp_path / "full", **options)).train()
+    first = Trainer(config_for(tiny_run, tmp_path / "split", save_every_steps=1, **options))
+    first.train(until_step=first.total_steps)  # every step saved, stopped before the final evaluation
+    resumed = Trainer(config_for(tiny_run, tmp_path / "split", resume=True, save_every_steps=1, **options))
+    results = resumed.train()
+    assert results["epochs"] == full["epochs"] == 2 and results["best_step"] == full["best_step"]
+    assert [r["step"] for r in _evals(tmp_path / "split")] == [r["step"] for r in _evals(tmp_path / "full")]
+
+
+def test_nan_evaluations_count_towards_early_stopping(
+    tiny_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scores = iter([{"acc": 50.0}] + [{"acc": math.nan}] * 20)
+    monkeypatch.setattr(Trainer, "_score", lambda self, model, dataset: next(scores))
+    results = Trainer(
+        config_for(tiny_run, tmp_path, early_stopping_patience=2, **{**SINGLE, "epochs": 10})
+    ).train()
+    assert results["early_stopped"] and results["epochs"] == 3
+
+
+def test_max_steps_must_be_a_multiple_of_freeats_replays(tiny_run: dict, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="--max_steps 5: FreeAT takes 2 optimizer steps per batch"):
+        Trainer(config_for(tiny_run, tmp_path, adv_method="freeat", adv_replays=2, max_steps=5, **SINGLE))
