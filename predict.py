@@ -49,6 +49,7 @@ from mt_dnn.model import (
     load_tokenizer,
     quiet_loading,
     read_checkpoint_config,
+    usable_positions,
 )
 
 DEFAULT_MAX_SEQ_LEN = 512
@@ -203,8 +204,8 @@ def _encoder_config(checkpoint: Path) -> dict[str, Any]:
 
 
 def _position_limit(checkpoint: Path) -> int | None:
-    """The encoder's ``max_position_embeddings`` (``None`` when its config does not say)."""
-    limit = _encoder_config(checkpoint).get("max_position_embeddings")
+    """How many tokens the encoder takes (``None`` when its config does not say)."""
+    limit = usable_positions(_encoder_config(checkpoint))
     return limit if isinstance(limit, int) and limit > 0 else None
 
 

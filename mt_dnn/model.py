@@ -307,6 +307,23 @@ def read_safetensors(path: Path, map_location: str | torch.device = "cpu") -> di
         raise UserError(f"{path}: damaged or truncated ({_first_line(error)})") from None
 
 
+# Encoders whose position ids start after the padding index (RoBERTa's scheme): max_position_embeddings
+# counts pad_token_id + 1 positions no token can use.
+_OFFSET_POSITIONS = frozenset(
+    {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "data2vec-text", "mpnet", "ibert"}
+)
+
+
+def usable_positions(config: Mapping[str, Any]) -> int | None:
+    """How many tokens an encoder with this ``config.json`` takes (``None`` when it does not say)."""
+    limit = config.get("max_position_embeddings")
+    if not isinstance(limit, int) or limit <= 0:
+        return None
+    if config.get("model_type") in _OFFSET_POSITIONS:
+        limit -= int(config.get("pad_token_id") or 0) + 1
+    return limit
+
+
 def encoder_dir(path: str | Path) -> Path:
     """An HF model folder as given, or our checkpoint's ``encoder/`` subfolder."""
     path = Path(path)

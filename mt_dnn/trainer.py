@@ -59,7 +59,14 @@ from module.adversarial.precision import resolution_warning
 from mt_dnn.config import TrainConfig
 from mt_dnn.distributed import Distributed
 from mt_dnn.inference import evaluate
-from mt_dnn.model import ModelOptions, MTDNNModel, is_checkpoint, load_tokenizer, read_safetensors
+from mt_dnn.model import (
+    ModelOptions,
+    MTDNNModel,
+    is_checkpoint,
+    load_tokenizer,
+    read_safetensors,
+    usable_positions,
+)
 from mt_dnn.objective import TrainingObjective, adversarial_replays
 from mt_dnn.optim import build_optimizer, build_scheduler
 from mt_dnn.run_log import RunLog
@@ -314,7 +321,7 @@ class Trainer:
             config.data_dir,
             self.data.task_defs,
             vocab_size=getattr(encoder, "vocab_size", None),
-            max_positions=getattr(encoder, "max_position_embeddings", None),
+            max_positions=usable_positions(encoder.to_dict()),
             type_vocab_size=getattr(encoder, "type_vocab_size", None),
             tokenizer_sha256=tokenizer_fingerprint(self.tokenizer)["sha256"],
         )

@@ -140,3 +140,12 @@ def test_compiled_encoder_gives_the_same_logits_and_state_dict_keys() -> None:
     model.compile_encoder(backend="eager")  # the plumbing; inductor needs a C++ toolchain and minutes
     torch.testing.assert_close(model("pair", ids, attention), expected)
     assert list(model.state_dict()) == keys
+
+
+def test_usable_positions_discount_robertas_padding_offset() -> None:
+    from mt_dnn.model import usable_positions
+
+    assert usable_positions({"model_type": "bert", "max_position_embeddings": 512}) == 512
+    assert usable_positions({"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1}) == 512
+    assert usable_positions({"model_type": "mpnet", "max_position_embeddings": 514, "pad_token_id": 1}) == 512
+    assert usable_positions({"model_type": "bert"}) is None
