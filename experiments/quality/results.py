@@ -45,6 +45,7 @@ class ResultRow:
     copy_of: str | None = None  # the tuning row (its method, M@lr=...) that this tune-seed row copies
     best_step: int | None = None  # the best dev checkpoint's step; == steps: still improving at the end
     epochs: int | None = None  # epochs completed (fewer than asked after an early stop)
+    failure: str | None = None  # a tuning candidate whose run failed: why (dev/test None: the worst)
 
     @property
     def key(self) -> Key:
@@ -93,6 +94,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "copy_of": (str, type(None)),
     "best_step": (int, type(None)),
     "epochs": (int, type(None)),
+    "failure": (str, type(None)),
 }
 FIELDS = tuple(field.name for field in dataclasses.fields(ResultRow))
 OPTIONAL = frozenset(field.name for field in dataclasses.fields(ResultRow) if field.default is None)

@@ -50,6 +50,7 @@ from experiments.quality.runs import (  # noqa: E402
     Runner,
     clean_up,
     copied_row,
+    failed_row,
     run_cell,
     subprocess_runner,
 )
@@ -223,7 +224,15 @@ class _GridRun:
             return
         if why_not is not None:
             print(f"{tag}: not reusing {self.reuse}'s row: {why_not}", flush=True)
-        rows = run_cell(cell, self.grid, self.task_defs, self.output_dir, cache_dir, self.model, self.runner)
+        try:
+            rows = run_cell(
+                cell, self.grid, self.task_defs, self.output_dir, cache_dir, self.model, self.runner
+            )
+        except UserError as error:
+            if cell.kind is not CellKind.TUNE:
+                raise
+            # A candidate learning rate that diverges is a result (the worst), not the end of the grid.
+            rows = [failed_row(cell, self.grid, self.task_defs, self.output_dir, str(error))]
         self.save(rows)
         clean_up(cell, self.grid, self.output_dir)
         print(f"{tag}: {_summary(rows)}", flush=True)

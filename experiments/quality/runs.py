@@ -193,6 +193,36 @@ def copied_row(row: ResultRow, cell: Cell) -> ResultRow:
     return dataclasses.replace(row, method=cell.method, lr_source=cell.lr_source, copy_of=row.method)
 
 
+def failed_row(
+    cell: Cell, grid: Grid, task_defs: dict[str, TaskDef], output_dir: Path, failure: str
+) -> ResultRow:
+    """The row of a tuning run that failed (diverged, crashed): no scores, so selection ranks it last."""
+    (task,) = cell.tasks
+    flags = list(grid.cell_flags(cell))
+    return ResultRow(
+        regime=cell.regime.value,
+        method=cell.row_method,
+        task=task,
+        n_train=cell.n_train,
+        seed=cell.seed,
+        metric=task_defs[task].metrics[0].value,
+        dev=None,
+        test=None,
+        dev_metrics={},
+        test_metrics={},
+        steps=0,
+        timed_steps=0,
+        train_step_seconds=0.0,
+        wall_seconds=0.0,
+        resumed=False,
+        out_dir=portable_path(cell.out_dir(output_dir)),
+        flags=flags,
+        train_argv=[],
+        learning_rate=cell.learning_rate,
+        failure=failure,
+    )
+
+
 def clean_up(cell: Cell, grid: Grid, output_dir: Path) -> None:
     """After the rows are saved: drop ``last/`` (optimizer state; only needed to resume) and, unless the grid
     keeps checkpoints, ``best/`` (a multi-task run keeps it: its fine-tuning cells start from it)."""

@@ -456,3 +456,24 @@ def test_tasks_selects_a_subset_of_a_single_task_grid_in_order(write_grid: Calla
     assert run_grid.select_tasks(grid, None) is grid
     with pytest.raises(UserError, match="--tasks: .nope. is not a task of"):
         run_grid.select_tasks(grid, "nope")
+
+
+def test_a_failed_tuning_candidate_is_recorded_as_the_worst_and_the_grid_goes_on(
+    write_grid: Callable[..., Path], suite: Path
+) -> None:
+    class DivergesAt1e4(LrTrain):
+        def __call__(self, argv: Sequence[str], log_path: Path) -> int:
+            if "--learning_rate" in argv and _last_value(argv, "--learning_rate") == "1e-04":
+                self.calls.append(list(argv))
+                log_path.write_text("error: training diverged: 20 non-finite losses in a row\n")
+                return 2
+            return super().__call__(argv, log_path)
+
+    grid, out = write_grid(**TUNED), Path("out")
+    rows = _run(grid, out, DivergesAt1e4())
+    failed = [row for row in rows if row.failure is not None]
+    assert {row.method for row in failed} == {"plain@lr=1e-04", "smart@lr=1e-04"}
+    assert all(row.dev is None and "exited with status 2" in (row.failure or "") for row in failed)
+    plain = [row for row in rows if row.method == "plain" and row.task == "alpha"]
+    assert plain and all(row.learning_rate == 2e-4 for row in plain)  # 1e-4 would have won; it failed
+    assert len(read_results(out / "results.jsonl")) == len(rows)
