@@ -146,6 +146,8 @@ def test_usable_positions_discount_robertas_padding_offset() -> None:
     from mt_dnn.model import usable_positions
 
     assert usable_positions({"model_type": "bert", "max_position_embeddings": 512}) == 512
-    assert usable_positions({"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1}) == 512
+    assert (
+        usable_positions({"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1}) == 512
+    )
     assert usable_positions({"model_type": "mpnet", "max_position_embeddings": 514, "pad_token_id": 1}) == 512
     assert usable_positions({"model_type": "bert"}) is None
