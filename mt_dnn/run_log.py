@@ -14,6 +14,18 @@ from data_utils.errors import UserError
 logger = logging.getLogger("mt_dnn")
 
 
+def require_tensorboard() -> Any:
+    """TensorBoard's ``SummaryWriter``; without the package, one ``UserError`` line saying how to get it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError(
+            "--tensorboard needs the tensorboard package: pip install tensorboard "
+            "(or pip install '.[tensorboard]'), or drop the flag"
+        ) from None
+    return SummaryWriter
+
+
 class RunLog:
     """Appends to ``<out>/metrics.jsonl`` and mirrors scalars to TensorBoard when asked and installed."""
 
@@ -30,15 +42,7 @@ class RunLog:
         self._file = self.path.open("a" if resume else "w", encoding="utf-8")
         self._start = time.perf_counter()
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise UserError(
-                    "--tensorboard needs the tensorboard package: pip install tensorboard "
-                    "(or pip install '.[tensorboard]'), or drop the flag"
-                ) from None
-            else:
-                self._writer = SummaryWriter(log_dir=str(out / "tensorboard"))
+            self._writer = require_tensorboard()(log_dir=str(out / "tensorboard"))
 
     def _write(self, record: Mapping[str, Any]) -> None:
         if not self.enabled:

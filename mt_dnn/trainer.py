@@ -69,7 +69,7 @@ from mt_dnn.model import (
 )
 from mt_dnn.objective import TrainingObjective, adversarial_replays
 from mt_dnn.optim import build_optimizer, build_scheduler
-from mt_dnn.run_log import RunLog
+from mt_dnn.run_log import RunLog, require_tensorboard
 
 logger = logging.getLogger("mt_dnn.trainer")
 
@@ -310,7 +310,7 @@ class Trainer:
         self._barrier()
         to_clear = check_output_dir(config)  # every rank: a refusal must stop them all
         if config.tensorboard:
-            _require_tensorboard()
+            require_tensorboard()  # every rank, before any work
         self.device = self.dist.device
         set_seed(config.seed)
         self.tokenizer = load_tokenizer(config.init_checkpoint)
@@ -976,16 +976,6 @@ def _resume_identity(config: TrainConfig) -> dict[str, Any]:
     """The config values that must match for --resume to continue the same run."""
     values = config.to_dict()
     return {key: values[key] for key in _RESUME_KEYS}
-
-
-def _require_tensorboard() -> None:
-    try:
-        import torch.utils.tensorboard  # noqa: F401
-    except ImportError:
-        raise UserError(
-            "--tensorboard needs the tensorboard package: pip install tensorboard "
-            "(or pip install '.[tensorboard]'), or drop the flag"
-        ) from None
 
 
 def _read_state(path: Path) -> dict[str, Any]:
