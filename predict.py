@@ -30,7 +30,6 @@ import torch
 from data_utils.atomic import atomic_write_text
 from data_utils.cache import EncodedSplit, load_split, verify_split
 from data_utils.dataset import Collator, TaskDataset
-from data_utils.enums import TaskType
 from data_utils.errors import UserError, exit_on_user_error
 from data_utils.masking import MaskingSpec
 from data_utils.prepro import encode_examples, tokenizer_fingerprint
@@ -51,6 +50,7 @@ from mt_dnn.model import (
     read_checkpoint_config,
     usable_positions,
 )
+from mt_dnn.tasks import task_kind
 
 DEFAULT_MAX_SEQ_LEN = 512
 _SHOWN_SKIPS = 3
@@ -98,8 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     input_path = Path(args.input)
     if not input_path.exists():
         raise UserError(f"{input_path}: no such file or directory")
-    if args.submission and task_def.task_type is TaskType.MASK_LM:
-        raise UserError(f"--submission: task '{task_def.name}' is mask_lm (GLUE submissions need labels)")
+    kind = task_kind(task_def)
+    if args.submission and not kind.writes_submission:
+        raise UserError(
+            f"--submission: task '{task_def.name}' is {task_def.task_type} (GLUE submissions need labels)"
+        )
     output = Path(args.output) if args.output else _default_output(input_path, task_def.name)
     _check_outputs(input_path, output, args.submission)
     device = _device(args.device)
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = TaskDataset(task_def, split)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     collator = Collator({task_def.name: task_def}, pad_token_id=pad_id)
-    masking = MaskingSpec.from_tokenizer(tokenizer) if task_def.task_type is TaskType.MASK_LM else None
+    masking = MaskingSpec.from_tokenizer(tokenizer) if kind.needs_masking else None
     result = evaluate(
         model,
         dataset,

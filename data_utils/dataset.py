@@ -9,6 +9,7 @@ numpy fill per array.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 
@@ -21,6 +22,7 @@ from data_utils.errors import UserError
 from data_utils.task_def import TaskDef
 
 __all__ = [
+    "example_seeds",
     "Batch",
     "Collator",
     "MultiTaskDataset",
@@ -315,3 +317,12 @@ def _ranks_within(counts: np.ndarray) -> np.ndarray:
     total = int(counts.sum())
     starts = np.repeat(np.cumsum(counts) - counts, counts)
     return np.arange(total) - starts
+
+
+def example_seeds(salt: str, batch: Batch) -> list[int]:
+    """One 63-bit seed per input sequence from (salt, uid, candidate): ranking rows have one per candidate."""
+    return [
+        int.from_bytes(hashlib.blake2b(f"{salt}|{uid}|{k}".encode(), digest_size=8).digest(), "little") >> 1
+        for uid in batch.uids
+        for k in range(batch.n_candidates)
+    ]

@@ -1,4 +1,4 @@
-"""Per-task heads on top of a shared encoder, and the one registry that builds them.
+"""Per-task heads on top of a shared encoder (each task kind in ``mt_dnn.tasks`` builds its own).
 
 Every head is called as ``head(hidden_states [N, L, H], attention_mask [N, L], token_type_ids [N, L] | None,
 pooled_output [N, H] | None = None)``; :class:`RankingHead` also takes ``n_candidates=K`` (keyword).
@@ -18,23 +18,18 @@ Heads know nothing about the encoder or about MT-DNN.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from data_utils.enums import HeadType, TaskType
 from module.san import SANClassifier, SANConfig, init_linear_weights
 
 __all__ = [
-    "HEAD_BUILDERS",
     "MaskedLMHead",
     "PooledHead",
     "RankingHead",
     "SANClassifier",
     "SANConfig",
-    "build_head",
     "init_linear_weights",
 ]
 
@@ -145,78 +140,3 @@ class MaskedLMHead(nn.Module):
             )
         selected = self.transform(hidden_states[positions])
         return F.linear(selected, decoder_weight, self.bias)
-
-
-HeadBuilder = Callable[[int, int, float, bool, SANConfig | None], nn.Module]
-
-
-def _check_single_output(task_type: TaskType, n_class: int) -> None:
-    if n_class != 1:
-        raise ValueError(f"a {task_type} head has one output per sequence, got n_class={n_class}")
-
-
-def _classification_linear(
-    hidden_size: int, n_class: int, dropout_p: float, use_encoder_pooler: bool, san_config: SANConfig | None
-) -> nn.Module:
-    return PooledHead(hidden_size, n_class, dropout_p, use_encoder_pooler=use_encoder_pooler)
-
-
-def _classification_san(
-    hidden_size: int, n_class: int, dropout_p: float, use_encoder_pooler: bool, san_config: SANConfig | None
-) -> nn.Module:
-    return SANClassifier(hidden_size, n_class, dropout_p, san_config)
-
-
-def _regression_linear(
-    hidden_size: int, n_class: int, dropout_p: float, use_encoder_pooler: bool, san_config: SANConfig | None
-) -> nn.Module:
-    _check_single_output(TaskType.REGRESSION, n_class)
-    return PooledHead(hidden_size, 1, dropout_p, use_encoder_pooler=use_encoder_pooler)
-
-
-def _ranking_linear(
-    hidden_size: int, n_class: int, dropout_p: float, use_encoder_pooler: bool, san_config: SANConfig | None
-) -> nn.Module:
-    _check_single_output(TaskType.RANKING, n_class)
-    return RankingHead(hidden_size, dropout_p, use_encoder_pooler=use_encoder_pooler)
-
-
-def _mask_lm(
-    hidden_size: int, n_class: int, dropout_p: float, use_encoder_pooler: bool, san_config: SANConfig | None
-) -> nn.Module:
-    return MaskedLMHead(hidden_size, n_class)
-
-
-# The one registry of heads: every supported (task type, head type) pair, declared once.
-HEAD_BUILDERS: dict[tuple[TaskType, HeadType], HeadBuilder] = {
-    (TaskType.CLASSIFICATION, HeadType.LINEAR): _classification_linear,
-    (TaskType.CLASSIFICATION, HeadType.SAN): _classification_san,
-    (TaskType.REGRESSION, HeadType.LINEAR): _regression_linear,
-    (TaskType.RANKING, HeadType.LINEAR): _ranking_linear,
-    # n_class: the vocabulary size (the model passes its word embeddings' row count).
-    (TaskType.MASK_LM, HeadType.LINEAR): _mask_lm,
-}
-
-
-def build_head(
-    task_type: TaskType,
-    head_type: HeadType,
-    hidden_size: int,
-    n_class: int,
-    dropout_p: float,
-    use_encoder_pooler: bool = False,
-    san_config: SANConfig | None = None,
-) -> nn.Module:
-    """Build the head for one task. ``n_class`` must be 1 for regression and ranking, the vocabulary size
-    for mask_lm.
-
-    ``san_config`` is used by SAN heads only (``None``: :class:`SANConfig` defaults) and ignored otherwise;
-    ``use_encoder_pooler`` applies to the linear heads (a SAN reads the token states, not the pooler).
-    Raises ``ValueError`` for an unsupported pair (SAN serves classification only).
-    """
-    builder = HEAD_BUILDERS.get((TaskType(task_type), HeadType(head_type)))
-    if builder is None:
-        raise ValueError(
-            f"no {head_type} head for {task_type} tasks (the SAN head serves classification only)"
-        )
-    return builder(hidden_size, n_class, dropout_p, use_encoder_pooler, san_config)

@@ -29,11 +29,11 @@ from transformers.utils import logging as hf_logging
 from data_utils import prepro
 from data_utils.atomic import atomic_directory
 from data_utils.dataset import Batch
-from data_utils.enums import TaskType
 from data_utils.errors import UserError
 from data_utils.task_def import TaskDef, parse_task_def
 from module.adversarial import spectral_normalize
-from module.heads import SANConfig, build_head
+from module.heads import SANConfig
+from mt_dnn.tasks import BatchShape, EncoderOutput, HeadOptions, task_kind
 
 logger = logging.getLogger("mt_dnn.model")
 
@@ -92,21 +92,14 @@ class MTDNNModel(nn.Module):
             encoder.pooler = None
         self.encoder = encoder
         self.task_defs: dict[str, TaskDef] = dict(task_defs)
-        hidden_size = int(encoder.config.hidden_size)
-        vocab_size = int(encoder.get_input_embeddings().num_embeddings)
+        head_options = HeadOptions(
+            hidden_size=int(encoder.config.hidden_size),
+            vocab_size=int(encoder.get_input_embeddings().num_embeddings),
+            use_encoder_pooler=self.options.use_encoder_pooler,
+            san=self.options.san,
+        )
         self.heads = nn.ModuleDict(
-            {
-                name: build_head(
-                    task.task_type,
-                    task.head,
-                    hidden_size,
-                    vocab_size if task.task_type is TaskType.MASK_LM else task.n_class,
-                    task.dropout_p,
-                    use_encoder_pooler=self.options.use_encoder_pooler,
-                    san_config=self.options.san,
-                )
-                for name, task in self.task_defs.items()
-            }
+            {name: task_kind(task).build_head(task, head_options) for name, task in self.task_defs.items()}
         )
         if self.options.spectral_norm_heads:
             for head in self.heads.values():
@@ -116,27 +109,12 @@ class MTDNNModel(nn.Module):
     def from_encoder(
         cls, encoder_path: str | Path, task_defs: Mapping[str, TaskDef], options: ModelOptions | None = None
     ) -> MTDNNModel:
-        """A fresh model on a pretrained encoder (HF folder or our checkpoint's ``encoder/``). A mask_lm head
-        starts from the folder's pretrained masked-LM head when it has one (e.g. a ``BertForMaskedLM``)."""
+        """A fresh model on a pretrained encoder (HF folder or our checkpoint's ``encoder/``). Each head may
+        start from pretrained weights in the folder (``TaskKind.init_head``: mask_lm's masked-LM head)."""
         model = cls(load_encoder(encoder_path), task_defs, options)
         for name, task in model.task_defs.items():
-            if task.task_type is TaskType.MASK_LM:
-                model._init_mask_lm_head(name, encoder_dir(encoder_path))
+            task_kind(task).init_head(model.heads[name], encoder_dir(encoder_path), name)
         return model
-
-    def _init_mask_lm_head(self, task: str, folder: Path) -> None:
-        head = self.heads[task]
-        found = pretrained_mlm_head(folder)
-        if found is None:
-            logger.info("%s has no pretrained masked-LM head: head '%s' starts fresh", folder, task)
-            return
-        weights, prefix = found
-        wanted = dict(head.state_dict())
-        if any(weights[key].shape != value.shape for key, value in wanted.items()):
-            logger.warning("%s: its masked-LM head does not fit; head '%s' starts fresh", folder, task)
-            return
-        head.load_state_dict(weights)
-        logger.info("head '%s' initialised from the masked-LM head (%s*) of %s", task, prefix, folder)
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute encoder activations in the backward; non-reentrant, so extra forwards (SMART's) and
@@ -176,8 +154,10 @@ class MTDNNModel(nn.Module):
         token_type_ids: Tensor | None = None,
         *,
         n_candidates: int = 1,
-        positions: Tensor | None = None,
+        **head_inputs: Tensor,
     ) -> Tensor:
+        """``head_inputs``: what the task's kind prepared for its head besides the encoder's inputs
+        (mask_lm: ``positions=``)."""
         task_def = self.task_defs.get(task)
         if task_def is None:
             raise KeyError(f"task '{task}' has no head (tasks: {', '.join(self.task_defs)})")
@@ -185,25 +165,15 @@ class MTDNNModel(nn.Module):
         if token_type_ids is not None:
             encoder_inputs["token_type_ids"] = token_type_ids
         encoded = self.encoder(**encoder_inputs, return_dict=True)
-        pooled = getattr(encoded, "pooler_output", None)
-        head = self.heads[task]
-        if task_def.task_type is TaskType.RANKING:
-            return head(
-                encoded.last_hidden_state, attention_mask, token_type_ids, pooled, n_candidates=n_candidates
-            )
-        if task_def.task_type is TaskType.MASK_LM:
-            if positions is None:
-                raise ValueError(f"task '{task}' is mask_lm: pass the masked positions (positions=)")
-            return head(
-                encoded.last_hidden_state,
-                attention_mask,
-                token_type_ids,
-                pooled,
-                positions=positions,
-                decoder_weight=self.encoder.get_input_embeddings().weight,
-            )
-        outputs = head(encoded.last_hidden_state, attention_mask, token_type_ids, pooled)
-        return outputs.squeeze(-1) if task_def.task_type is TaskType.REGRESSION else outputs
+        head_view = EncoderOutput(
+            hidden_states=encoded.last_hidden_state,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            pooled=getattr(encoded, "pooler_output", None),
+            word_embeddings=self.encoder.get_input_embeddings().weight,
+        )
+        shape = BatchShape(n_candidates=n_candidates, head_inputs=head_inputs)
+        return task_kind(task_def).run_head(self.heads[task], head_view, shape)
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -20,17 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
-from data_utils.dataset import Batch
+from data_utils.dataset import Batch, example_seeds
 from data_utils.enums import TaskType
-from data_utils.masking import MaskingSpec, mask_tokens
+from data_utils.masking import MaskingSpec
 from data_utils.task_def import TaskDef
 from module.adversarial import (
     METHODS,
@@ -46,18 +44,15 @@ from module.bregman import BregmanConfig, BregmanProximalPoint
 from module.losses import divergence, task_loss
 from mt_dnn.config import TrainConfig
 from mt_dnn.model import MTDNNModel, forward_batch
+from mt_dnn.tasks import ModelInputs, task_kind
 
 __all__ = [
-    "MaskedInputs",
     "TrainingObjective",
     "adversarial_replays",
-    "example_seeds",
-    "mask_batch",
     "method_parameters_for",
 ]
 
 logger = logging.getLogger("mt_dnn.objective")
-MASK_LM = TaskType.MASK_LM
 
 
 def method_parameters_for(config: TrainConfig, task_def: TaskDef) -> dict[str, Any]:
@@ -114,9 +109,10 @@ class TrainingObjective:
         self.base_model = base_model
         self.task_defs = base_model.task_defs
         self.masking = masking
-        mask_lm = [name for name in config.train_datasets if self.task_defs[name].task_type is MASK_LM]
-        if mask_lm and masking is None:
-            raise ValueError(f"task '{mask_lm[0]}' is mask_lm: the objective needs a MaskingSpec")
+        unmasked = [name for name in config.train_datasets if task_kind(self.task_defs[name]).needs_masking]
+        if unmasked and masking is None:
+            task = self.task_defs[unmasked[0]]
+            raise ValueError(f"task '{task.name}' is {task.task_type}: the objective needs a MaskingSpec")
         self.methods: dict[str, AdversarialMethod] = {}
         if config.adv_method is not None:
             target = base_model.perturbation_target()
@@ -207,16 +203,13 @@ class TrainingObjective:
         step = method(adversarial)
         return step.loss * weight, step.stats
 
-    def _inputs(self, batch: Batch, salt: str | None) -> MaskedInputs:
-        """The batch as the model sees it: masked (with its targets) for a mask_lm task, else as it is."""
+    def _inputs(self, batch: Batch, salt: str | None) -> ModelInputs:
+        """The batch as the model sees it, as the task's kind prepares it (mask_lm: masked, with targets)."""
         task_def = self.task_defs[batch.task]
-        if task_def.task_type is not TaskType.MASK_LM:
-            return MaskedInputs(batch)
-        assert self.masking is not None
-        return mask_batch(batch, self.masking, task_def.mask_probability, MASK_SALT if salt is None else salt)
+        return task_kind(task_def).model_inputs(task_def, batch, self.masking, salt)
 
     def _adversarial_batch(
-        self, model: nn.Module, inputs: MaskedInputs, inner_loss_scale: float | Tensor, noise_salt: str | None
+        self, model: nn.Module, inputs: ModelInputs, inner_loss_scale: float | Tensor, noise_salt: str | None
     ) -> AdversarialBatch:
         batch = inputs.batch
         return AdversarialBatch(
@@ -230,19 +223,17 @@ class TrainingObjective:
             noise_seeds=None if noise_salt is None else example_seeds(noise_salt, batch),
         )
 
-    def _candidate_mask(self, batch: Batch) -> Tensor | None:
-        task_type = self.task_defs[batch.task].task_type
-        return batch.candidate_mask if task_type is TaskType.RANKING else None
+    def _output_mask(self, batch: Batch) -> Tensor | None:
+        return task_kind(self.task_defs[batch.task]).output_mask(batch)
 
-    def _task_loss(self, inputs: MaskedInputs, outputs: Tensor) -> Tensor:
+    def _task_loss(self, inputs: ModelInputs, outputs: Tensor) -> Tensor:
         batch = inputs.batch
         task_def = self.task_defs[batch.task]
-        labels = batch.labels if inputs.targets is None else inputs.targets
-        return task_loss(task_def.loss, outputs, labels, mask=self._candidate_mask(batch))
+        return task_loss(task_def.loss, outputs, inputs.labels, mask=self._output_mask(batch))
 
     def _divergence(self, batch: Batch) -> Callable[[Tensor, Tensor], Tensor]:
         adv_loss = self.task_defs[batch.task].adv_loss
-        return functools.partial(divergence, adv_loss, mask=self._candidate_mask(batch))
+        return functools.partial(divergence, adv_loss, mask=self._output_mask(batch))
 
     def after_optimizer_step(self, step: int, applied: Tensor | None = None) -> None:
         """After optimizer step ``step`` (1-based); ``applied``: bool tensor, False if it was skipped."""
@@ -258,44 +249,5 @@ class TrainingObjective:
             self.bregman.load_state_dict(state)
 
 
-def example_seeds(salt: str, batch: Batch) -> list[int]:
-    """One 63-bit seed per input sequence from (salt, uid, candidate): ranking rows have one per candidate."""
-    return [
-        int.from_bytes(hashlib.blake2b(f"{salt}|{uid}|{k}".encode(), digest_size=8).digest(), "little") >> 1
-        for uid in batch.uids
-        for k in range(batch.n_candidates)
-    ]
-
-
-# The masks of evaluation and of calls without a salt: fixed, so dev metrics are deterministic.
-MASK_SALT = "mask_lm"
-
-
-@dataclass(frozen=True)
-class MaskedInputs:
-    """A batch ready for the model: for mask_lm, its ``input_ids`` masked, with ``positions`` [B, L] and the
-    original ``targets`` [M]; for every other task the batch as it is (``positions``/``targets`` None)."""
-
-    batch: Batch
-    positions: Tensor | None = None
-    targets: Tensor | None = None
-
-
-def mask_batch(batch: Batch, masking: MaskingSpec, probability: float, salt: str) -> MaskedInputs:
-    """Mask a mask_lm batch on its device, one seed per example from ``(salt, uid)``."""
-    masked = mask_tokens(
-        batch.input_ids,
-        batch.attention_mask,
-        example_seeds(f"mask|{salt}", batch),
-        mask_token_id=masking.mask_token_id,
-        special_ids=masking.special_ids,
-        vocab_size=masking.vocab_size,
-        probability=probability,
-    )
-    masked_batch = dataclasses.replace(batch, input_ids=masked.input_ids)
-    return MaskedInputs(masked_batch, masked.positions, masked.targets)
-
-
-def _forward(model: Callable[..., Tensor], *, inputs: MaskedInputs) -> Tensor:
-    extra = {} if inputs.positions is None else {"positions": inputs.positions}
-    return forward_batch(model, inputs.batch, **extra)
+def _forward(model: Callable[..., Tensor], *, inputs: ModelInputs) -> Tensor:
+    return forward_batch(model, inputs.batch, **inputs.head_inputs)

@@ -22,12 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from data_utils.dataset import Batch, Collator, TaskDataset
-from data_utils.enums import TaskType
 from data_utils.task_def import TaskDef
 from module.adversarial import PGD, AdversarialBatch, NormLevel, PGDConfig, PNorm, Radius
 from module.losses import task_loss
 from mt_dnn.inference import evaluate
 from mt_dnn.model import MTDNNModel, forward_batch
+from mt_dnn.tasks import task_kind
 
 __all__ = [
     "CurvePoint",
@@ -79,9 +79,9 @@ class PGDPerturbation:
     """
 
     def __init__(self, model: MTDNNModel, task_def: TaskDef, attack: EmbeddingAttack) -> None:
-        if task_def.task_type is TaskType.MASK_LM:
+        if not task_kind(task_def).accepts_perturbation:
             raise ValueError(
-                f"task '{task_def.name}' is mask_lm: the attack scores classification-type tasks"
+                f"task '{task_def.name}' is {task_def.task_type}: the attack scores classification-type tasks"
             )
         self.model = model
         self.task_def = task_def
@@ -98,7 +98,7 @@ class PGDPerturbation:
         if batch.labels is None:
             raise ValueError(f"task '{task_def.name}': the attack needs gold labels, the split has none")
         labels = batch.labels
-        mask = batch.candidate_mask if task_def.task_type is TaskType.RANKING else None
+        mask = task_kind(task_def).output_mask(batch)
 
         def run() -> Tensor:
             return forward_batch(self.model, batch)

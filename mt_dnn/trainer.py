@@ -47,7 +47,6 @@ from data_utils.atomic import (
 )
 from data_utils.cache import EncodedSplit, load_split, split_dir, verify_cache
 from data_utils.dataset import Batch, Collator, MultiTaskDataset, TaskDataset
-from data_utils.enums import TaskType
 from data_utils.errors import UserError
 from data_utils.masking import MaskingSpec
 from data_utils.metrics import METRICS, Metric
@@ -70,6 +69,7 @@ from mt_dnn.model import (
 from mt_dnn.objective import TrainingObjective, adversarial_replays
 from mt_dnn.optim import build_optimizer, build_scheduler
 from mt_dnn.run_log import RunLog, require_tensorboard
+from mt_dnn.tasks import task_kind
 
 logger = logging.getLogger("mt_dnn.trainer")
 
@@ -173,14 +173,14 @@ def load_run_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Ru
         for split in task_defs[name].eval_splits:
             if (split_dir(config.data_dir, name, split) / "meta.json").is_file():
                 dataset = _task_dataset(config.data_dir, task_defs[name], split)
-                # mask_lm text is its own label: every split of it can be scored.
-                self_labelled = task_defs[name].task_type is TaskType.MASK_LM
+                # A self-labelled kind's text is its own label (mask_lm): every split of it can be scored.
+                self_labelled = task_kind(task_defs[name]).self_labelled
                 if (dataset.split.has_labels or self_labelled) and len(dataset):
                     (tests if split in task_defs[name].test_splits else evals)[(name, split)] = dataset
     _check_evaluated(config, task_defs, evals, tests)
     collator = Collator(task_defs, pad_token_id=int(tokenizer.pad_token_id or 0))
     masking = None
-    if any(task.task_type is TaskType.MASK_LM for task in task_defs.values()):
+    if any(task_kind(task).needs_masking for task in task_defs.values()):
         masking = MaskingSpec.from_tokenizer(tokenizer)
     return RunData(
         task_defs=task_defs, train=train, evals=evals, tests=tests, collator=collator, masking=masking

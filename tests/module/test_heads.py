@@ -1,4 +1,5 @@
-"""Heads: shapes, which inputs they read, candidate layout, initialisation, and the registry."""
+"""Heads: shapes, which inputs they read, candidate layout, initialisation (the kinds build them:
+tests/mt_dnn/tasks)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ import os
 import pytest
 import torch
 
-from data_utils.enums import HeadType, TaskType
-from module.heads import HEAD_BUILDERS, MaskedLMHead, PooledHead, RankingHead, build_head
-from module.san import INIT_STD, SANClassifier, SANConfig
+from module.heads import PooledHead, RankingHead
+from module.san import INIT_STD
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -113,52 +113,3 @@ def test_ranking_head_with_encoder_pooler() -> None:
     scores = head(hidden, mask, types, pooled, n_candidates=2)
     expected = (pooled @ head.scorer.out_proj.weight.T + head.scorer.out_proj.bias).view(2, 2)
     torch.testing.assert_close(scores, expected)
-
-
-EXPECTED = {
-    (TaskType.CLASSIFICATION, HeadType.LINEAR): (PooledHead, 3, (4, 3)),
-    (TaskType.CLASSIFICATION, HeadType.SAN): (SANClassifier, 3, (4, 3)),
-    (TaskType.REGRESSION, HeadType.LINEAR): (PooledHead, 1, (4, 1)),
-    (TaskType.RANKING, HeadType.LINEAR): (RankingHead, 1, (2, 2)),
-    # n_class: the vocabulary; two masked positions in each of the 4 rows -> [8, 13] logits
-    (TaskType.MASK_LM, HeadType.LINEAR): (MaskedLMHead, 13, (8, 13)),
-}
-
-
-@pytest.mark.parametrize("pair", list(itertools.product(TaskType, HeadType)), ids=str)
-def test_registry_covers_every_pair(pair: tuple[TaskType, HeadType]) -> None:
-    task_type, head_type = pair
-    if head_type is HeadType.SAN and task_type is not TaskType.CLASSIFICATION:
-        assert pair not in HEAD_BUILDERS
-        with pytest.raises(ValueError, match="SAN head serves classification only"):
-            build_head(task_type, head_type, H, 1, 0.1)
-        return
-    cls, n_class, shape = EXPECTED[pair]
-    head = build_head(task_type, head_type, H, n_class, 0.1, san_config=SANConfig(num_steps=2))
-    assert type(head) is cls
-    hidden, mask, types = inputs(4)
-    extra: dict = {"n_candidates": 2} if task_type is TaskType.RANKING else {}
-    if task_type is TaskType.MASK_LM:
-        positions = torch.zeros(4, 5, dtype=torch.bool)
-        positions[:, 1:3] = True
-        extra = {"positions": positions, "decoder_weight": torch.randn(n_class, H)}
-    assert head.eval()(hidden, mask, types, **extra).shape == shape
-
-
-def test_registry_has_exactly_the_supported_pairs() -> None:
-    assert set(HEAD_BUILDERS) == set(EXPECTED)
-
-
-def test_build_head_accepts_spelled_values_and_passes_options() -> None:
-    head = build_head("classification", "san", H, 2, 0.1, san_config=SANConfig(num_steps=7))
-    assert isinstance(head, SANClassifier) and head.config.num_steps == 7
-    pooled = build_head(TaskType.REGRESSION, HeadType.LINEAR, H, 1, 0.1, use_encoder_pooler=True)
-    assert isinstance(pooled, PooledHead) and pooled.dense is None
-    ranking = build_head(TaskType.RANKING, HeadType.LINEAR, H, 1, 0.1, use_encoder_pooler=True)
-    assert isinstance(ranking, RankingHead) and ranking.scorer.dense is None
-
-
-@pytest.mark.parametrize("task_type", [TaskType.REGRESSION, TaskType.RANKING])
-def test_single_output_heads_reject_n_class_above_one(task_type: TaskType) -> None:
-    with pytest.raises(ValueError, match="n_class=3"):
-        build_head(task_type, HeadType.LINEAR, H, 3, 0.1)

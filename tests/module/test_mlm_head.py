@@ -7,14 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_utils.enums import HeadType, TaskType
-from module.heads import MaskedLMHead, build_head
+from module.heads import MaskedLMHead
 
 
 def _setup(vocab: int = 11, hidden: int = 6):
     torch.manual_seed(0)
     embedding = nn.Embedding(vocab, hidden)
-    head = build_head(TaskType.MASK_LM, HeadType.LINEAR, hidden, vocab, 0.1)
+    head = MaskedLMHead(hidden, vocab)
     with torch.no_grad():
         head.bias.normal_()
     states = torch.randn(2, 5, hidden)

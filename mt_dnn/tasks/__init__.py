@@ -1,0 +1,29 @@
+"""Task kinds: one registered component per task type (see ``base.TaskKind``), looked up by ``task_kind``.
+
+Importing this package registers the built-in kinds; each lives in its own module.
+"""
+
+from mt_dnn.tasks import classification, mask_lm, ranking, regression  # noqa: F401 - they register
+from mt_dnn.tasks.base import (
+    BatchScores,
+    BatchShape,
+    EncoderOutput,
+    HeadOptions,
+    ModelInputs,
+    Predictions,
+    TaskKind,
+)
+from mt_dnn.tasks.registry import TASK_KINDS, register_task_kind, task_kind
+
+__all__ = [
+    "TASK_KINDS",
+    "BatchScores",
+    "BatchShape",
+    "EncoderOutput",
+    "HeadOptions",
+    "ModelInputs",
+    "Predictions",
+    "TaskKind",
+    "register_task_kind",
+    "task_kind",
+]

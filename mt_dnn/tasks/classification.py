@@ -1,0 +1,42 @@
+"""Classification: one label out of ``n_class`` per row; the head's softmax is the prediction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from data_utils.dataset import Batch
+from data_utils.enums import HeadType, TaskType
+from data_utils.task_def import TaskDef
+from module.heads import PooledHead, SANClassifier
+from mt_dnn.tasks.base import HeadOptions, Predictions, TaskKind, as_float_list
+from mt_dnn.tasks.registry import register_task_kind
+
+
+@register_task_kind
+class Classification(TaskKind):
+    task_type = TaskType.CLASSIFICATION
+
+    def build_head(self, task_def: TaskDef, options: HeadOptions) -> nn.Module:
+        self.check_head_type(task_def, (HeadType.LINEAR, HeadType.SAN))
+        if task_def.head is HeadType.SAN:
+            return SANClassifier(options.hidden_size, task_def.n_class, task_def.dropout_p, options.san)
+        return PooledHead(
+            options.hidden_size,
+            task_def.n_class,
+            task_def.dropout_p,
+            use_encoder_pooler=options.use_encoder_pooler,
+        )
+
+    def scores(self, output: Tensor, batch: Batch) -> Tensor:
+        # A SAN head returns log-probabilities; their softmax is the same distribution.
+        return torch.softmax(output, dim=-1)
+
+    def label_value(self, task_def: TaskDef, value: Any) -> str | int | float:
+        index = int(value)
+        return index if task_def.labels is None else task_def.labels[index]
+
+    def probabilities(self, predictions: Predictions) -> list[list[float]] | None:
+        return as_float_list(predictions.scores)

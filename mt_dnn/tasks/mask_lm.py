@@ -1,0 +1,184 @@
+"""Masked language modelling on raw text (ALUM's continued pre-training): the text is its own label.
+
+A batch is masked on its device (BERT's 15%, 80/10/10), one seed per row from ``(salt, uid)``: training
+salts with the run's seed and epoch, evaluation uses the fixed ``MASK_SALT`` so dev metrics are
+deterministic. The head predicts the vocabulary at the masked positions only, its decoder tied to the word
+embeddings. Predictions hold, per masked token, the predicted id and the gold token's log-probability.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from data_utils.dataset import Batch, example_seeds
+from data_utils.enums import HeadType, TaskType
+from data_utils.masking import MaskingSpec, mask_tokens
+from data_utils.metrics import predictions_from_scores
+from data_utils.task_def import TaskDef
+from module.heads import MaskedLMHead
+from mt_dnn.tasks.base import (
+    BatchScores,
+    BatchShape,
+    EncoderOutput,
+    Forward,
+    HeadOptions,
+    ModelInputs,
+    Predictions,
+    TaskKind,
+)
+from mt_dnn.tasks.registry import register_task_kind
+
+__all__ = ["MASK_SALT", "MaskLM", "mask_batch"]
+
+logger = logging.getLogger("mt_dnn.tasks.mask_lm")
+
+# The masks of evaluation and of calls without a salt: fixed, so dev metrics are deterministic.
+MASK_SALT = "mask_lm"
+
+
+def mask_batch(batch: Batch, masking: MaskingSpec, probability: float, salt: str) -> ModelInputs:
+    """Mask a mask_lm batch on its device, one seed per example from ``(salt, uid)``."""
+    masked = mask_tokens(
+        batch.input_ids,
+        batch.attention_mask,
+        example_seeds(f"mask|{salt}", batch),
+        mask_token_id=masking.mask_token_id,
+        special_ids=masking.special_ids,
+        vocab_size=masking.vocab_size,
+        probability=probability,
+    )
+    masked_batch = dataclasses.replace(batch, input_ids=masked.input_ids)
+    return ModelInputs(masked_batch, {"positions": masked.positions}, masked.targets)
+
+
+@register_task_kind
+class MaskLM(TaskKind):
+    task_type = TaskType.MASK_LM
+    needs_masking = True
+    accepts_perturbation = False
+    writes_submission = False
+    self_labelled = True
+
+    def build_head(self, task_def: TaskDef, options: HeadOptions) -> nn.Module:
+        self.check_head_type(task_def, (HeadType.LINEAR,))
+        return MaskedLMHead(options.hidden_size, options.vocab_size)
+
+    def init_head(self, head: nn.Module, encoder_folder: Path, task: str) -> None:
+        """Start from the folder's pretrained masked-LM head when it has one (e.g. a ``BertForMaskedLM``)."""
+        from mt_dnn.model import pretrained_mlm_head  # the model module imports the kinds
+
+        found = pretrained_mlm_head(encoder_folder)
+        if found is None:
+            logger.info("%s has no pretrained masked-LM head: head '%s' starts fresh", encoder_folder, task)
+            return
+        weights, prefix = found
+        wanted = dict(head.state_dict())
+        if any(weights[key].shape != value.shape for key, value in wanted.items()):
+            logger.warning(
+                "%s: its masked-LM head does not fit; head '%s' starts fresh", encoder_folder, task
+            )
+            return
+        head.load_state_dict(weights)
+        logger.info("head '%s' initialised from the masked-LM head (%s*) of %s", task, prefix, encoder_folder)
+
+    def run_head(self, head: nn.Module, encoded: EncoderOutput, batch_shape: BatchShape) -> Tensor:
+        positions = batch_shape.head_inputs.get("positions")
+        if positions is None:
+            raise ValueError("a mask_lm task needs the masked positions (positions=)")
+        return head(
+            encoded.hidden_states,
+            encoded.attention_mask,
+            encoded.token_type_ids,
+            encoded.pooled,
+            positions=positions,
+            decoder_weight=encoded.word_embeddings,
+        )
+
+    def model_inputs(
+        self, task_def: TaskDef, batch: Batch, masking: MaskingSpec | None, salt: str | None
+    ) -> ModelInputs:
+        if masking is None:
+            raise ValueError(f"task '{task_def.name}' is mask_lm: its batches need a MaskingSpec")
+        return mask_batch(batch, masking, task_def.mask_probability, MASK_SALT if salt is None else salt)
+
+    def predict_batch(
+        self,
+        task_def: TaskDef,
+        forward: Forward,
+        batch: Batch,
+        host_batch: Batch,
+        masking: MaskingSpec | None,
+        autocast: contextlib.AbstractContextManager[object],
+        perturbed: contextlib.AbstractContextManager[object],
+    ) -> BatchScores:
+        """Per masked token the argmax and the gold log-prob, with one host transfer for the batch."""
+        inputs = self.model_inputs(task_def, batch, masking, None)
+        assert inputs.targets is not None
+        positions = inputs.head_inputs["positions"]
+        with autocast:
+            logits = forward(inputs.batch, **inputs.head_inputs)
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        gold = log_probs.gather(1, inputs.targets[:, None])[:, 0]
+        summary = torch.stack([log_probs.argmax(dim=-1).float(), gold], dim=1)
+        counts = positions.sum(dim=1)
+        host = torch.cat([summary.flatten(), inputs.targets.float(), counts.float()]).cpu().numpy()
+        n_tokens = summary.shape[0]
+        return BatchScores(
+            indices=np.zeros(0, dtype=np.int64),
+            uids=list(batch.uids),
+            scores=host[: 2 * n_tokens].reshape(n_tokens, 2),
+            labels=host[2 * n_tokens : 3 * n_tokens].astype(np.int64),
+            n_masked=host[3 * n_tokens :].astype(np.int64),
+        )
+
+    def assemble(self, task_def: TaskDef, outputs: Sequence[BatchScores], n_rows: int) -> Predictions:
+        """Each row's masked tokens back in input order (a row's tokens stay together)."""
+        uids: list[str | None] = [None] * n_rows
+        counts = np.full(n_rows, -1, dtype=np.int64)
+        pieces: list[tuple[np.ndarray, np.ndarray] | None] = [None] * n_rows
+        for output in outputs:
+            assert output.n_masked is not None and output.labels is not None
+            starts = np.concatenate([[0], np.cumsum(output.n_masked)])
+            for j, row in enumerate(output.indices.tolist()):
+                if counts[row] >= 0:
+                    raise ValueError(f"task '{task_def.name}': row {row} was predicted twice")
+                counts[row] = output.n_masked[j]
+                uids[row] = output.uids[j]
+                span = slice(int(starts[j]), int(starts[j + 1]))
+                pieces[row] = (output.scores[span], output.labels[span])
+        if (counts < 0).any():
+            missing = int(np.flatnonzero(counts < 0)[0])
+            raise ValueError(f"task '{task_def.name}': row {missing} was never predicted")
+        parts = [piece for piece in pieces if piece is not None]
+        scores = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 2), np.float32)
+        labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+        return Predictions(
+            task=task_def.name,
+            uids=[str(uid) for uid in uids],
+            scores=scores.reshape(-1, 2).astype(np.float32),
+            labels=labels,
+            n_masked=counts,
+        )
+
+    def records(self, task_def: TaskDef, predictions: Predictions) -> list[dict[str, Any]]:
+        """Per row its masked tokens: ``prediction`` and ``label`` are lists of token ids, in token order."""
+        predicted = predictions_from_scores(task_def.task_type, predictions.scores)
+        assert predictions.n_masked is not None and predictions.labels is not None
+        starts = np.concatenate([[0], np.cumsum(predictions.n_masked)]).tolist()
+        return [
+            {
+                "uid": uid,
+                "prediction": predicted[starts[i] : starts[i + 1]].tolist(),
+                "label": predictions.labels[starts[i] : starts[i + 1]].tolist(),
+            }
+            for i, uid in enumerate(predictions.uids)
+        ]
