@@ -37,30 +37,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from torch import Tensor, nn
-from transformers import (
-    AutoModelForMultipleChoice,
-    AutoModelForSequenceClassification,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from data_utils.atomic import atomic_directory
-from data_utils.enums import HeadType, TaskType
+from data_utils.enums import HeadType
 from data_utils.errors import UserError, exit_on_user_error
 from data_utils.task_def import TaskDef
 from module.heads import PooledHead, RankingHead
 from mt_dnn.model import MTDNNModel, load_tokenizer, quiet_loading
+from mt_dnn.tasks import HFExport, task_kind
 
 __all__ = ["TOLERANCE", "ExportedTask", "export_checkpoint", "export_task", "main", "refusal"]
 
 TOLERANCE = 1e-5
 PROVENANCE_FILE = "smart_mtdnn_export.json"
-_AUTO_CLASSES: dict[TaskType, Any] = {
-    TaskType.CLASSIFICATION: AutoModelForSequenceClassification,
-    TaskType.REGRESSION: AutoModelForSequenceClassification,
-    TaskType.RANKING: AutoModelForMultipleChoice,
-}
 
 
 @dataclass(frozen=True)
@@ -73,16 +65,13 @@ class ExportedTask:
 
 def refusal(task_def: TaskDef) -> str | None:
     """Why ``task_def``'s head has no exact HF equivalent, or None when it exports."""
-    if task_def.task_type is TaskType.MASK_LM:
-        return (
-            "a mask_lm head is a pre-training head, not a task head (encoder/ loads with AutoModel as it is)"
-        )
+    kind = task_kind(task_def)
+    if kind.hf_export is None:
+        return kind.export_refusal or f"a {task_def.task_type} task has no transformers model class"
     if task_def.head is HeadType.SAN:
         return (
             "a SAN head (multi-step answer module) has no transformers equivalent; only linear heads export"
         )
-    if task_def.task_type not in _AUTO_CLASSES:
-        return f"a {task_def.task_type} task has no transformers model class"
     return None
 
 
@@ -105,12 +94,14 @@ def export_task(
     reason = refusal(task_def)
     if reason is not None:
         raise UserError(f"task '{task}': cannot export: {reason}")
-    auto_class = _AUTO_CLASSES[task_def.task_type]
+    spec = task_kind(task_def).hf_export
+    assert spec is not None
+    auto_class = getattr(transformers, spec.auto_class)
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        exported = _build(model, task_def, auto_class)
-        difference = _max_difference(model, exported, task_def)
+        exported = _build(model, task_def, auto_class, spec)
+        difference = _max_difference(model, exported, task_def, spec)
     finally:
         for module, training in modes:
             module.training = training
@@ -164,19 +155,15 @@ def export_checkpoint(
 # ---------------------------------------------------------------------------------------------- building
 
 
-def _build(model: MTDNNModel, task_def: TaskDef, auto_class: Any) -> PreTrainedModel:
+def _build(model: MTDNNModel, task_def: TaskDef, auto_class: Any, spec: HFExport) -> PreTrainedModel:
     config = copy.deepcopy(model.encoder.config)
     config.architectures = None
-    if task_def.task_type is TaskType.RANKING:
-        config.problem_type = None
-    else:
-        labels = _label_names(task_def)
+    config.problem_type = spec.problem_type
+    if spec.problem_type is not None:
+        labels = task_kind(task_def).export_label_names(task_def)
         config.num_labels = len(labels)
         config.id2label = dict(enumerate(labels))
         config.label2id = {label: i for i, label in enumerate(labels)}
-        config.problem_type = (
-            "regression" if task_def.task_type is TaskType.REGRESSION else "single_label_classification"
-        )
     if hasattr(config, "classifier_dropout"):
         config.classifier_dropout = task_def.dropout_p
     with torch.random.fork_rng(devices=[]), quiet_loading():
@@ -192,14 +179,6 @@ def _build(model: MTDNNModel, task_def: TaskDef, auto_class: Any) -> PreTrainedM
         _copy_linear(first, dense)
         _copy_linear(pooled.out_proj, out)
     return exported.eval()
-
-
-def _label_names(task_def: TaskDef) -> list[str]:
-    if task_def.task_type is TaskType.REGRESSION:
-        return [task_def.name]
-    if task_def.labels is not None:
-        return list(task_def.labels)
-    return [f"LABEL_{i}" for i in range(task_def.n_class)]
 
 
 def _copy_encoder(model: MTDNNModel, exported: PreTrainedModel) -> None:
@@ -251,10 +230,10 @@ def _copy_linear(source: nn.Linear, target: nn.Linear) -> None:
 # ---------------------------------------------------------------------------------------------- the check
 
 
-def _max_difference(model: MTDNNModel, exported: PreTrainedModel, task_def: TaskDef) -> float:
+def _max_difference(model: MTDNNModel, exported: PreTrainedModel, task_def: TaskDef, spec: HFExport) -> float:
     """Score one random padded batch with both; max |difference| of the task outputs (ours as predict.py
     gets them: classification logits ``[B, C]``, regression ``[B]``, ranking ``[B, K]``)."""
-    rows, candidates, length = 3, 3 if task_def.task_type is TaskType.RANKING else 1, 12
+    rows, candidates, length = 3, spec.candidates, 12
     config = model.encoder.config
     generator = torch.Generator().manual_seed(0)
     sequences = rows * candidates
@@ -273,11 +252,11 @@ def _max_difference(model: MTDNNModel, exported: PreTrainedModel, task_def: Task
         inputs: dict[str, Tensor] = {"input_ids": ids * mask, "attention_mask": mask}
         if types is not None:
             inputs["token_type_ids"] = types
-        if task_def.task_type is TaskType.RANKING:
+        if candidates > 1:
             inputs = {key: value.view(rows, candidates, length) for key, value in inputs.items()}
         theirs = exported(**inputs).logits.float()
     exported.to("cpu")
-    if task_def.task_type is TaskType.REGRESSION:
+    if spec.squeeze:
         theirs = theirs.squeeze(-1)
     if theirs.shape != ours.shape:
         return float("inf")

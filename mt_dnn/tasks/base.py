@@ -27,6 +27,7 @@ from data_utils.task_def import TaskDef
 from module.heads import SANConfig
 
 __all__ = [
+    "HFExport",
     "BatchScores",
     "BatchShape",
     "Forward",
@@ -112,6 +113,16 @@ class BatchScores:
     n_masked: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class HFExport:
+    """How a kind's linear head maps onto a transformers model class (``mt_dnn.export``)."""
+
+    auto_class: str  # the transformers Auto class, e.g. "AutoModelForSequenceClassification"
+    problem_type: str | None  # transformers' ``config.problem_type``; None: the class takes no labels config
+    candidates: int = 1  # candidates per row of the check batch; > 1: the class reads [B, K, L] inputs
+    squeeze: bool = False  # its logits are [B, 1] where ours are [B]
+
+
 class TaskKind(ABC):
     """The behaviour of one task type. Subclasses are registered once (``mt_dnn.tasks.registry``)."""
 
@@ -124,6 +135,9 @@ class TaskKind(ABC):
     writes_submission: ClassVar[bool] = True
     # Its training rows carry their own targets (the text), so a split without labels still trains.
     self_labelled: ClassVar[bool] = False
+    # Its linear head as a transformers model class; None: not exportable (``export_refusal`` says why).
+    hf_export: ClassVar[HFExport | None] = None
+    export_refusal: ClassVar[str | None] = None
 
     # ---------------------------------------------------------------- model
     @abstractmethod
@@ -211,6 +225,13 @@ class TaskKind(ABC):
     def probabilities(self, predictions: Predictions) -> list[list[float]] | None:
         """Per row, the probabilities a prediction file lists; ``None`` when the kind has none."""
         return None
+
+    # ---------------------------------------------------------------- export
+    def export_label_names(self, task_def: TaskDef) -> list[str]:
+        """The exported config's ``id2label`` names, one per output."""
+        if task_def.labels is not None:
+            return list(task_def.labels)
+        return [f"LABEL_{i}" for i in range(task_def.n_class)]
 
     # ---------------------------------------------------------------- helpers for subclasses
     @staticmethod

@@ -11,13 +11,14 @@ from data_utils.dataset import Batch
 from data_utils.enums import HeadType, TaskType
 from data_utils.task_def import TaskDef
 from module.heads import PooledHead, SANClassifier
-from mt_dnn.tasks.base import HeadOptions, Predictions, TaskKind, as_float_list
+from mt_dnn.tasks.base import HeadOptions, HFExport, Predictions, TaskKind, as_float_list
 from mt_dnn.tasks.registry import register_task_kind
 
 
 @register_task_kind
 class Classification(TaskKind):
     task_type = TaskType.CLASSIFICATION
+    hf_export = HFExport("AutoModelForSequenceClassification", "single_label_classification")
 
     def build_head(self, task_def: TaskDef, options: HeadOptions) -> nn.Module:
         self.check_head_type(task_def, (HeadType.LINEAR, HeadType.SAN))

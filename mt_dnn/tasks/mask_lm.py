@@ -67,6 +67,9 @@ class MaskLM(TaskKind):
     accepts_perturbation = False
     writes_submission = False
     self_labelled = True
+    export_refusal = (
+        "a mask_lm head is a pre-training head, not a task head (encoder/ loads with AutoModel as it is)"
+    )
 
     def build_head(self, task_def: TaskDef, options: HeadOptions) -> nn.Module:
         self.check_head_type(task_def, (HeadType.LINEAR,))

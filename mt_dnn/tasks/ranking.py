@@ -20,6 +20,7 @@ from mt_dnn.tasks.base import (
     BatchShape,
     EncoderOutput,
     HeadOptions,
+    HFExport,
     Predictions,
     TaskKind,
     assemble_rows,
@@ -30,6 +31,7 @@ from mt_dnn.tasks.registry import register_task_kind
 @register_task_kind
 class Ranking(TaskKind):
     task_type = TaskType.RANKING
+    hf_export = HFExport("AutoModelForMultipleChoice", None, candidates=3)
 
     def build_head(self, task_def: TaskDef, options: HeadOptions) -> nn.Module:
         self.check_head_type(task_def, (HeadType.LINEAR,))

@@ -11,13 +11,14 @@ from torch import Tensor, nn
 from data_utils.enums import HeadType, TaskType
 from data_utils.task_def import TaskDef
 from module.heads import PooledHead
-from mt_dnn.tasks.base import BatchScores, BatchShape, EncoderOutput, HeadOptions, TaskKind
+from mt_dnn.tasks.base import BatchScores, BatchShape, EncoderOutput, HeadOptions, HFExport, TaskKind
 from mt_dnn.tasks.registry import register_task_kind
 
 
 @register_task_kind
 class Regression(TaskKind):
     task_type = TaskType.REGRESSION
+    hf_export = HFExport("AutoModelForSequenceClassification", "regression", squeeze=True)
 
     def build_head(self, task_def: TaskDef, options: HeadOptions) -> nn.Module:
         self.check_head_type(task_def, (HeadType.LINEAR,))
@@ -35,3 +36,6 @@ class Regression(TaskKind):
 
     def label_value(self, task_def: TaskDef, value: Any) -> str | int | float:
         return float(value)
+
+    def export_label_names(self, task_def: TaskDef) -> list[str]:
+        return [task_def.name]
