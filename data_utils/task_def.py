@@ -85,7 +85,6 @@ class TaskDef:
     metrics: tuple[Metric, ...]
     loss: LossName
     adv_loss: LossName
-    kd_loss: LossName
     dropout_p: float
     head: HeadType = HeadType.LINEAR
     split_names: tuple[str, ...] = DEFAULT_SPLITS
@@ -124,7 +123,6 @@ class TaskDef:
             "metrics": [metric.value for metric in self.metrics],
             "loss": self.loss.value,
             "adv_loss": self.adv_loss.value,
-            "kd_loss": self.kd_loss.value,
             "dropout_p": self.dropout_p,
             "head": self.head.value,
             "split_names": list(self.split_names),
@@ -157,8 +155,9 @@ class _Context:
         return UserError(f"{where}: {problem}")
 
 
-# Keys accepted in a task entry. mt-dnn's spellings map onto ours; `encoder_type` is accepted and ignored
-# (the encoder comes from the model checkpoint, not the task).
+# Keys accepted in a task entry. mt-dnn's spellings map onto ours. Two of mt-dnn's keys are accepted and have
+# no effect: `encoder_type` (the encoder comes from the model checkpoint, not the task) and `kd_loss`
+# (its knowledge distillation is not implemented here; the value is still checked, so a typo is an error).
 _KEY_ALIASES = {"metric_meta": "metrics", "enable_san": "head", "task_weight": "loss_weight"}
 _KNOWN_KEYS = {
     "task_type",
@@ -242,7 +241,7 @@ def parse_task_def(
     metrics = _metrics(raw, task_type, ctx)
     loss = _loss(raw, "loss", TASK_LOSSES[task_type], task_type, ctx)
     adv_loss = _loss(raw, "adv_loss", OUTPUT_DIVERGENCES[task_type], task_type, ctx)
-    kd_loss = _loss(raw, "kd_loss", OUTPUT_DIVERGENCES[task_type], task_type, ctx, default=LossName.MSE)
+    _loss(raw, "kd_loss", OUTPUT_DIVERGENCES[task_type], task_type, ctx)  # checked, then ignored
     head = _head(raw, task_type, ctx)
     dropout_p = _number(raw, "dropout_p", ctx, default=default_dropout_p, low=0.0, high=1.0, high_open=True)
     split_names = _split_names(raw, ctx)
@@ -264,7 +263,6 @@ def parse_task_def(
         metrics=metrics,
         loss=loss,
         adv_loss=adv_loss,
-        kd_loss=kd_loss,
         dropout_p=dropout_p,
         head=head,
         split_names=split_names,
@@ -387,11 +385,10 @@ def _loss(
     allowed: tuple[LossName, ...],
     task_type: TaskType,
     ctx: _Context,
-    default: LossName | None = None,
 ) -> LossName:
     value = raw.get(key)
     if value is None:
-        return default if default is not None and default in allowed else allowed[0]
+        return allowed[0]
     try:
         loss = parse_enum(LossName, value, LOSS_ALIASES)
     except ValueError as error:
