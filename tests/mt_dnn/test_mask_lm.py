@@ -202,6 +202,7 @@ def test_training_masks_change_with_the_salt_and_evaluation_masks_are_fixed(
     dataset = TaskDataset(task_def, load_split(split_dir(mlm_run["data_dir"], "text", "train")))
     batch = Collator({"text": task_def}, pad_token_id=0)([dataset[i] for i in range(16)])
     spec = MaskingSpec.from_tokenizer(tiny_tokenizer)
+
     def positions(salt: str) -> torch.Tensor:
         return mask_batch(batch, spec, 0.15, salt).head_inputs["positions"]
 
