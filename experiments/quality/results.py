@@ -120,8 +120,9 @@ def parse_row(data: Any, where: str) -> ResultRow:
 
 
 def read_results(path: Path, *, repair: bool = False) -> list[ResultRow]:
-    """The rows of ``path`` (none if it does not exist). A torn last line (no newline, not JSON) is ignored,
-    and with ``repair`` cut from the file so the next append starts on a fresh line. Repeated keys: error."""
+    """The rows of ``path`` (none if it does not exist). A torn last line (no newline, the start of a JSON
+    object but not a whole one) is ignored, and with ``repair`` cut from the file so the next append starts on
+    a fresh line; any other unreadable last line is an error, never cut. Repeated keys: error."""
     if not path.is_file():
         return []
     data = path.read_bytes()
@@ -131,6 +132,10 @@ def read_results(path: Path, *, repair: bool = False) -> list[ResultRow]:
         try:
             json.loads(torn)
         except ValueError:
+            if not torn.lstrip().startswith(b"{"):  # not the start of a row: not ours to cut
+                raise UserError(
+                    f"{path}:{len(lines) + 1}: not a JSON object (and not a row torn by a kill)"
+                ) from None
             if repair:
                 with path.open("r+b") as handle:
                     handle.truncate(len(data) - len(torn))

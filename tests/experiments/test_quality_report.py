@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from data_utils.errors import UserError
 from experiments.quality import report
 from experiments.quality.results import OPTIONAL, ResultRow, read_results
 from experiments.quality.stats import bootstrap_interval, paired_difference, spread
@@ -170,6 +171,14 @@ def test_torn_last_line_is_ignored_and_bad_lines_are_located(results: Path, tmp_
     results.write_text("\n".join(lines) + "\n")
     with pytest.raises(Exception, match=rf"^{results}:4: key 'seed': unexpected value 'three'$"):
         read_results(results)
+
+
+def test_a_last_line_that_is_no_row_is_an_error_and_stays(tmp_path: Path) -> None:
+    garbage = tmp_path / "results.jsonl"
+    garbage.write_bytes(b"not a results file")
+    with pytest.raises(UserError, match=rf"^{garbage}:1: not a JSON object"):
+        read_results(garbage, repair=True)
+    assert garbage.read_bytes() == b"not a results file"
 
 
 @pytest.mark.parametrize(
