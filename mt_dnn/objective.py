@@ -27,7 +27,6 @@ from typing import Any
 from torch import Tensor, nn
 
 from data_utils.dataset import Batch, example_seeds
-from data_utils.enums import TaskType
 from data_utils.masking import MaskingSpec
 from data_utils.task_def import TaskDef
 from module.adversarial import (
@@ -75,7 +74,7 @@ def method_parameters_for(config: TrainConfig, task_def: TaskDef) -> dict[str, A
             )
     if (
         config.adv_method is AdversarialMethodName.ALUM
-        and task_def.task_type is TaskType.MASK_LM
+        and task_kind(task_def).pretraining
         and "alpha" not in parameters
     ):
         parameters["alpha"] = ALUMConfig.for_pretraining().alpha

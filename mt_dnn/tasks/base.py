@@ -135,6 +135,9 @@ class TaskKind(ABC):
     writes_submission: ClassVar[bool] = True
     # Its training rows carry their own targets (the text), so a split without labels still trains.
     self_labelled: ClassVar[bool] = False
+    # Continued pre-training rather than a task: adversarial methods take their pre-training defaults
+    # (ALUM's alpha of 10) unless the flags or the YAML set them.
+    pretraining: ClassVar[bool] = False
     # Its linear head as a transformers model class; None: not exportable (``export_refusal`` says why).
     hf_export: ClassVar[HFExport | None] = None
     export_refusal: ClassVar[str | None] = None

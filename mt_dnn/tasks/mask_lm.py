@@ -67,6 +67,7 @@ class MaskLM(TaskKind):
     accepts_perturbation = False
     writes_submission = False
     self_labelled = True
+    pretraining = True
     export_refusal = (
         "a mask_lm head is a pre-training head, not a task head (encoder/ loads with AutoModel as it is)"
     )
