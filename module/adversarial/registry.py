@@ -140,6 +140,9 @@ def register_method(spec: MethodSpec) -> MethodSpec:
         )
     if not dataclasses.is_dataclass(spec.config):
         raise ValueError(f"method {name!r}: its config {spec.config!r} must be a dataclass")
+    unknown = sorted(set(spec.pretraining) - {item.name for item in dataclasses.fields(spec.config)})
+    if unknown:
+        raise ValueError(f"method {name!r}: its pretraining defaults name no config field {unknown[0]!r}")
     _USER_METHODS.add(spec)
     return spec
 

@@ -168,3 +168,13 @@ def test_only_alum_declares_pretraining_defaults_and_they_are_the_papers() -> No
     assert all(
         not spec.pretraining for name, spec in METHODS.items() if name is not AdversarialMethodName.ALUM
     )
+
+
+def test_a_registered_method_with_pretraining_defaults_outside_its_config_is_refused() -> None:
+    from module.adversarial import FGM, FGMConfig, MethodSpec, register_method
+
+    class Other(FGM):
+        name = "other-fgm"
+
+    with pytest.raises(ValueError, match="no config field 'beta'"):
+        register_method(MethodSpec("other-fgm", Other, FGMConfig, "FGM", {"beta": 1.0}))
