@@ -49,7 +49,7 @@ from module.adversarial.integrations.common import (
 )
 from module.adversarial.names import AdversarialMethodName
 from module.adversarial.registry import MethodName, build_method, method_spec
-from module.adversarial.site import AdversarialSite, MissingSitePart
+from module.adversarial.site import AdversarialSite, MissingSitePart, SitePart
 from module.bregman import BregmanConfig, BregmanProximalPoint
 
 __all__ = ["TEACHER_PREFIX", "ALUMCallback", "AdversarialCallback", "SMARTCallback"]
@@ -97,6 +97,8 @@ class AdversarialCallback(Callback):
         try:
             method.prepare(site)
         except MissingSitePart as error:
+            if error.part is not SitePart.HEADS:
+                raise
             message = f"{error.method} spectrally normalises the task head: pass head= (e.g. model[-1])"
             raise ValueError(message) from None
         self.adversarial_method: AdversarialMethod = method
