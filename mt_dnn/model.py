@@ -14,7 +14,7 @@ import json
 import logging
 import platform
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,13 @@ from data_utils.atomic import atomic_directory
 from data_utils.dataset import Batch
 from data_utils.errors import UserError
 from data_utils.task_def import TaskDef, parse_task_def
-from module.adversarial import spectral_normalize
+from module.adversarial import (
+    AdversarialMethod,
+    AdversarialSite,
+    is_spectrally_normalized,
+    spectral_normalize,
+)
+from module.encoders import EncoderLayout, encoder_layout
 from module.heads import SANConfig
 from mt_dnn.tasks import BatchShape, EncoderOutput, HeadOptions, task_kind
 
@@ -87,9 +93,10 @@ class MTDNNModel(nn.Module):
         if not task_defs:
             raise ValueError("a model needs at least one task")
         self.options = options or ModelOptions()
-        if not self.options.use_encoder_pooler and getattr(encoder, "pooler", None) is not None:
+        layout = encoder_layout(encoder)  # an encoder type without a layout stops here, with one clear error
+        if not self.options.use_encoder_pooler and layout.pooler_of(encoder) is not None:
             # An unused pooler would hold parameters without gradients (DDP's unused-parameter error).
-            encoder.pooler = None
+            setattr(encoder, str(layout.pooler), None)
         self.encoder = encoder
         self.task_defs: dict[str, TaskDef] = dict(task_defs)
         head_options = HeadOptions(
@@ -113,8 +120,13 @@ class MTDNNModel(nn.Module):
         start from pretrained weights in the folder (``TaskKind.init_head``: mask_lm's masked-LM head)."""
         model = cls(load_encoder(encoder_path), task_defs, options)
         for name, task in model.task_defs.items():
-            task_kind(task).init_head(model.heads[name], encoder_dir(encoder_path), name)
+            task_kind(task).init_head(model.heads[name], encoder_dir(encoder_path), name, model.layout)
         return model
+
+    @property
+    def layout(self) -> EncoderLayout:
+        """Where the encoder keeps its parts (``module.encoders``, by its ``config.model_type``)."""
+        return encoder_layout(self.encoder)
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute encoder activations in the backward; non-reentrant, so extra forwards (SMART's) and
@@ -128,23 +140,30 @@ class MTDNNModel(nn.Module):
     def compile_encoder(self, backend: str = "inductor") -> None:
         """``torch.compile`` each transformer layer in place (dynamic shapes: batches vary in length).
 
-        The layers, not the whole encoder: the embedding module stays eager, so adversarial forward hooks on
-        it never force a recompile, and parameter names (checkpoints) do not change.
+        The layers (the encoder layout's), not the whole encoder: the embedding module stays eager, so
+        adversarial forward hooks on it never force a recompile, and parameter names do not change.
         """
-        layers = getattr(getattr(self.encoder, "encoder", None), "layer", None)
-        modules = list(layers) if isinstance(layers, nn.ModuleList) else [self.encoder]
-        for module in modules:
+        for module in self.layout.layers_of(self.encoder):
             module.compile(backend=backend, dynamic=True)
 
     def perturbation_target(self) -> nn.Module:
         """The module whose output adversarial methods perturb: the encoder's word embeddings."""
-        return self.encoder.get_input_embeddings()
+        return self.layout.word_embeddings_of(self.encoder)
 
-    def first_layer(self) -> nn.Module:
-        """The block that turns token ids into the encoder's input (word + position + type embeddings and
-        LayerNorm): YOPO's first layer, rerun alone for its cheap perturbation updates."""
-        embeddings = getattr(self.encoder, "embeddings", None)
-        return embeddings if isinstance(embeddings, nn.Module) else self.perturbation_target()
+    def adversarial_site(self) -> AdversarialSite:
+        """Where adversarial methods act: the word embeddings' output is perturbed, the embeddings block
+        (word + position + type embeddings, LayerNorm) is YOPO's first layer, rerun alone for its cheap
+        updates, and the heads, in task order, are what ``method.prepare`` may change (R4F)."""
+        return AdversarialSite(
+            self.perturbation_target(), self.layout.embeddings_block(self.encoder), tuple(self.heads.values())
+        )
+
+    def prepare_for(self, method: AdversarialMethod) -> None:
+        """``method.prepare`` on this model's site before training; the options then record whether the heads
+        are spectrally normalised (R4F), so the checkpoint loads with the same parametrisation."""
+        method.prepare(self.adversarial_site())
+        normalized = all(is_spectrally_normalized(head) for head in self.heads.values())
+        self.options = replace(self.options, spectral_norm_heads=normalized)
 
     def forward(
         self,
@@ -305,50 +324,6 @@ def load_encoder(path: str | Path) -> PreTrainedModel:
         return AutoModel.from_pretrained(str(encoder_dir(path)))
     except (OSError, ValueError) as error:
         raise UserError(f"{path}: cannot load an encoder: {str(error).splitlines()[0]}") from None
-
-
-# Where HF's masked-LM models keep their head: for each prefix, our head's name -> their names (first found).
-_MLM_HEAD_NAMES: dict[str, dict[str, tuple[str, ...]]] = {
-    "cls.predictions.": {  # BERT-style (BertForMaskedLM)
-        "transform.dense.weight": ("transform.dense.weight",),
-        "transform.dense.bias": ("transform.dense.bias",),
-        "transform.LayerNorm.weight": ("transform.LayerNorm.weight",),
-        "transform.LayerNorm.bias": ("transform.LayerNorm.bias",),
-        "bias": ("bias", "decoder.bias"),
-    },
-    "lm_head.": {  # RoBERTa-style
-        "transform.dense.weight": ("dense.weight",),
-        "transform.dense.bias": ("dense.bias",),
-        "transform.LayerNorm.weight": ("layer_norm.weight",),
-        "transform.LayerNorm.bias": ("layer_norm.bias",),
-        "bias": ("bias", "decoder.bias"),
-    },
-}
-
-
-def pretrained_mlm_head(folder: str | Path) -> tuple[dict[str, Tensor], str] | None:
-    """The masked-LM head weights in an HF folder's safetensors files, under our head's names, and the
-    prefix they were found under; ``None`` when the folder has no (complete) masked-LM head."""
-    files = sorted(Path(folder).glob("*.safetensors"))
-    stored: dict[str, tuple[Path, str]] = {}
-    for file in files:
-        with safetensors.safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 - safe_open is not a dict
-                for prefix in _MLM_HEAD_NAMES:
-                    if key.startswith(prefix):
-                        stored[key] = (file, key)
-    for prefix, names in _MLM_HEAD_NAMES.items():
-        found: dict[str, Tensor] = {}
-        for ours, theirs in names.items():
-            key = next((prefix + name for name in theirs if prefix + name in stored), None)
-            if key is None:
-                break
-            file, name = stored[key]
-            with safetensors.safe_open(str(file), framework="pt") as handle:
-                found[ours] = handle.get_tensor(name)
-        if len(found) == len(names):
-            return found, prefix
-    return None
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:

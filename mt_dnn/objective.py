@@ -12,8 +12,8 @@ the methods that take them.
 A ``mask_lm`` batch is masked here, on its device (``data_utils.masking``), seeded per example from the
 salt the trainer passes (its seed and epoch): dynamic masks that DDP ranks and resumed runs agree on. Its
 outputs are ``[M, V]`` logits at the masked positions; the task loss is their cross-entropy against the
-original tokens, and every adversarial divergence compares those ``[M, V]`` outputs. ALUM on a mask_lm task
-defaults to the paper's pre-training ``alpha`` of 10 (``ALUMConfig.for_pretraining()``).
+original tokens, and every adversarial divergence compares those ``[M, V]`` outputs. A mask_lm task takes
+the method's pre-training defaults (``MethodSpec.pretraining``: ALUM's ``alpha`` of 10, the paper's).
 """
 
 from __future__ import annotations
@@ -30,14 +30,12 @@ from data_utils.dataset import Batch, example_seeds
 from data_utils.masking import MaskingSpec
 from data_utils.task_def import TaskDef
 from module.adversarial import (
-    METHODS,
     AdversarialBatch,
     AdversarialMethod,
-    AdversarialMethodName,
-    ALUMConfig,
     Backward,
     build_method,
     method_parameters,
+    method_spec,
 )
 from module.bregman import BregmanConfig, BregmanProximalPoint
 from module.losses import divergence, task_loss
@@ -47,8 +45,8 @@ from mt_dnn.tasks import ModelInputs, task_kind
 
 __all__ = [
     "TrainingObjective",
-    "adversarial_replays",
     "method_parameters_for",
+    "run_method",
 ]
 
 logger = logging.getLogger("mt_dnn.objective")
@@ -72,21 +70,18 @@ def method_parameters_for(config: TrainConfig, task_def: TaskDef) -> dict[str, A
                 key,
                 config.adv_method,
             )
-    if (
-        config.adv_method is AdversarialMethodName.ALUM
-        and task_kind(task_def).pretraining
-        and "alpha" not in parameters
-    ):
-        parameters["alpha"] = ALUMConfig.for_pretraining().alpha
+    if task_kind(task_def).pretraining:
+        parameters = {**method_spec(config.adv_method).pretraining, **parameters}
     return parameters
 
 
-def adversarial_replays(config: TrainConfig) -> int:
-    """Optimizer steps per batch the run's method asks for (FreeAT's m replays; 1 for the others)."""
+def run_method(config: TrainConfig, model: MTDNNModel) -> AdversarialMethod | None:
+    """The run's method on ``model``'s site with the run's parameters (no task overrides), or None: what
+    prepares the model before training (``model.prepare_for``) and says how many optimizer steps a batch
+    takes (``replays``: FreeAT's m) before the objective, with its per-task methods, exists."""
     if config.adv_method is None:
-        return 1
-    parameters = METHODS[config.adv_method].config(**config.adversarial_parameters())
-    return int(getattr(parameters, "replays", 1))
+        return None
+    return build_method(config.adv_method, model.adversarial_site(), **config.adversarial_parameters())
 
 
 class TrainingObjective:
@@ -114,14 +109,10 @@ class TrainingObjective:
             raise ValueError(f"task '{task.name}' is {task.task_type}: the objective needs a MaskingSpec")
         self.methods: dict[str, AdversarialMethod] = {}
         if config.adv_method is not None:
-            target = base_model.perturbation_target()
-            first_layer = base_model.first_layer()
+            site = base_model.adversarial_site()
             self.methods = {
                 name: build_method(
-                    config.adv_method,
-                    target,
-                    first_layer=first_layer,
-                    **method_parameters_for(config, self.task_defs[name]),
+                    config.adv_method, site, **method_parameters_for(config, self.task_defs[name])
                 )
                 for name in config.train_datasets
             }

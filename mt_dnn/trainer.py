@@ -53,7 +53,6 @@ from data_utils.metrics import METRICS, Metric
 from data_utils.prepro import tokenizer_fingerprint
 from data_utils.sampler import MultiTaskBatchSampler, SamplingStrategyName, make_strategy
 from data_utils.task_def import TaskDef, load_task_defs
-from module.adversarial import AdversarialMethodName
 from module.adversarial.precision import resolution_warning
 from mt_dnn.config import TrainConfig
 from mt_dnn.distributed import Distributed
@@ -66,7 +65,7 @@ from mt_dnn.model import (
     read_safetensors,
     usable_positions,
 )
-from mt_dnn.objective import TrainingObjective, adversarial_replays
+from mt_dnn.objective import TrainingObjective, run_method
 from mt_dnn.optim import build_optimizer, build_scheduler
 from mt_dnn.run_log import RunLog, require_tensorboard
 from mt_dnn.tasks import task_kind
@@ -280,11 +279,11 @@ def clear_outputs(out: Path, names: list[str]) -> None:
 
 def build_model(config: TrainConfig, task_defs: Mapping[str, TaskDef]) -> MTDNNModel:
     """A model on ``--init_checkpoint``; from one of our checkpoints, heads of tasks it shares carry over."""
-    options = ModelOptions(
-        use_encoder_pooler=config.use_encoder_pooler,
-        spectral_norm_heads=config.adv_method is AdversarialMethodName.R4F,
-    )
+    options = ModelOptions(use_encoder_pooler=config.use_encoder_pooler)
     model = MTDNNModel.from_encoder(config.init_checkpoint, task_defs, options)
+    method = run_method(config, model)
+    if method is not None:  # R4F: spectral norm on the heads, before heads carried over from a checkpoint
+        model.prepare_for(method)
     if is_checkpoint(config.init_checkpoint):
         source = MTDNNModel.load(config.init_checkpoint)
         for name, head in model.heads.items():
@@ -351,7 +350,8 @@ class Trainer:
             generator=torch.Generator().manual_seed(config.seed),
         )
         # FreeAT replays every batch m times, one optimizer step each: m steps per batch in the schedule.
-        self.replays = adversarial_replays(config)
+        method = run_method(config, self.model)
+        self.replays = 1 if method is None else method.replays
         self.steps_per_epoch = math.ceil(len(self.sampler) / config.grad_accumulation_step) * self.replays
         self.total_steps = self.steps_per_epoch * config.epochs
         if config.max_steps:

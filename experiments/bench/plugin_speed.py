@@ -37,8 +37,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from module.adversarial import AdversarialBatch, build_method, method_spec  # noqa: E402
+from module.adversarial import AdversarialBatch, AdversarialSite, build_method, method_spec  # noqa: E402
 from module.adversarial.integrations.common import resolve_divergence  # noqa: E402
+from module.encoders import encoder_layout  # noqa: E402
 
 METHODS = ("plain", "smart", "alum", "r3f", "r4f", "fgsm", "fgm", "pgd", "freeat", "yopo", "freelb", "rdrop")
 HOSTS = ("torch", "hf", "fastai")
@@ -89,9 +90,12 @@ def time_torch(
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     adversarial = None
     if method != "plain":
-        first_layer = model.base_model.embeddings if method_spec(method).method.uses_first_layer else None
-        adversarial = build_method(method, model.get_input_embeddings(), first_layer=first_layer)
-        adversarial.prepare(_head(model))
+        layout = encoder_layout(model)
+        site = AdversarialSite(
+            layout.word_embeddings_of(model), layout.embeddings_block(model), heads=(_head(model),)
+        )
+        adversarial = build_method(method, site)
+        adversarial.prepare(site)
     model.train()
     times: list[float] = []
     for step in range(args.warmup + args.steps):

@@ -1,6 +1,8 @@
 """Adversarial training on the output of any module (model-agnostic): SMART and the family, one registry.
 
-``build_method(name, target, **hyper_parameters)`` -> an ``AdversarialMethod``; describe each batch with
+``build_method(name, site, **hyper_parameters)`` -> an ``AdversarialMethod`` on an ``AdversarialSite`` (the
+perturbed target, YOPO's first layer, the heads ``method.prepare(site)`` may change) or on a bare target
+module; ``method.prepare(site)`` before training; describe each batch with
 ``AdversarialBatch`` and call ``method.train_step(batch)`` (or ``method(batch)`` and backpropagate yourself
 when ``not method.owns_backward``). See ``module.adversarial.base`` for the contract, and
 ``register_method`` (``module.adversarial.registry``) to add a method of your own.
@@ -23,6 +25,7 @@ from module.adversarial.registry import (
     register_method,
     unregister_method,
 )
+from module.adversarial.site import AdversarialSite, MissingSitePart, SitePart
 from module.adversarial.smart import AdversarialResult, Divergence, SmartConfig, SmartPerturbation
 from module.adversarial.virtual import (
     ALUM,
@@ -34,6 +37,7 @@ from module.adversarial.virtual import (
     RDrop,
     RDropConfig,
     Smart,
+    is_spectrally_normalized,
     spectral_normalize,
 )
 
@@ -59,6 +63,7 @@ __all__ = [
     "AdversarialMethod",
     "AdversarialMethodName",
     "AdversarialResult",
+    "AdversarialSite",
     "AdversarialStep",
     "Backward",
     "Divergence",
@@ -68,16 +73,19 @@ __all__ = [
     "FreeLBConfig",
     "MethodName",
     "MethodSpec",
+    "MissingSitePart",
     "NoiseType",
     "NormLevel",
     "PNorm",
     "RngSnapshot",
     "Smart",
     "SmartConfig",
+    "SitePart",
     "SmartPerturbation",
     "add_to_output",
     "build_method",
     "capture_output",
+    "is_spectrally_normalized",
     "method_names",
     "method_parameters",
     "method_spec",

@@ -25,12 +25,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import Tensor, nn
 
 from module.adversarial.names import AdversarialMethodName
+from module.adversarial.site import AdversarialSite
 
 __all__ = ["AdversarialBatch", "AdversarialMethod", "AdversarialStep", "Backward", "Divergence"]
 
@@ -106,11 +107,15 @@ class AdversarialMethod(ABC):
 
     name: ClassVar[AdversarialMethodName | str]  # a user method's name is a plain string
     owns_backward: ClassVar[bool] = False
-    # True for methods whose constructor takes ``first_layer=`` (YOPO); ``build_method`` passes it.
-    uses_first_layer: ClassVar[bool] = False
 
     def __init__(self, target: nn.Module) -> None:
         self.target = target
+
+    @classmethod
+    def from_site(cls, site: AdversarialSite, config: Any) -> Self:
+        """The method on ``site`` with ``config`` (what ``build_method`` calls); a method that reads more of
+        the site than its target (YOPO: ``first_layer``) overrides it."""
+        return cls(site.target, config)  # type: ignore[call-arg]
 
     @property
     def replays(self) -> int:
@@ -129,8 +134,9 @@ class AdversarialMethod(ABC):
             step.backpropagated = True
         return step
 
-    def prepare(self, model: nn.Module) -> None:  # noqa: B027 - optional hook, a no-op by default
-        """Change ``model`` before training when the method needs it (R4F: spectral norm on the head)."""
+    def prepare(self, site: AdversarialSite | nn.Module) -> None:  # noqa: B027 - optional, a no-op by default
+        """Change the model at ``site`` before training when the method needs it (R4F: spectral norm on
+        ``site.heads``). A bare module is the plain API's head: ``AdversarialSite(target, heads=(it,))``."""
 
 
 def no_skip(device: torch.device) -> Tensor:

@@ -33,6 +33,7 @@ from module.adversarial.gradient_attacks import check_non_negative
 from module.adversarial.hooks import RngSnapshot, add_to_output
 from module.adversarial.names import AdversarialMethodName
 from module.adversarial.norms import NormLevel, PNorm, Radius, normalize, project
+from module.adversarial.site import AdversarialSite, MissingSitePart, SitePart
 
 __all__ = ["YOPO", "FreeAT", "FreeATConfig", "FreeLB", "FreeLBConfig", "YOPOConfig"]
 
@@ -255,7 +256,6 @@ class YOPO(AdversarialMethod):
 
     name = AdversarialMethodName.YOPO
     owns_backward = True
-    uses_first_layer = True
 
     def __init__(
         self, target: nn.Module, config: YOPOConfig | None = None, first_layer: nn.Module | None = None
@@ -263,6 +263,20 @@ class YOPO(AdversarialMethod):
         super().__init__(target)
         self.config = config or YOPOConfig()
         self.first_layer = first_layer if first_layer is not None else target
+
+    @classmethod
+    def from_site(cls, site: AdversarialSite, config: YOPOConfig) -> YOPO:
+        """YOPO on ``site.first_layer``, which must be given and contain ``site.target`` (or be it)."""
+        first_layer = site.first_layer
+        if first_layer is None:
+            raise MissingSitePart(
+                cls.name, SitePart.FIRST_LAYER, "YOPO reruns it alone for its inner updates"
+            )
+        if not any(module is site.target for module in first_layer.modules()):
+            raise ValueError(
+                f"YOPO: the first layer {type(first_layer).__name__} does not contain the target"
+            )
+        return cls(site.target, config, first_layer=first_layer)
 
     def __call__(self, batch: AdversarialBatch) -> AdversarialStep:
         config = self.config

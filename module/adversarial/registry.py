@@ -1,6 +1,7 @@
 """The registry of adversarial methods: the built-in ones (read-only) and the ones users register.
 
-``build_method("freelb", target, k=3)`` builds a method with its paper defaults and the given overrides;
+``build_method("freelb", site, k=3)`` builds a method on an ``AdversarialSite`` (or, the plain API, on a
+bare target module) with its paper defaults and the given overrides;
 ``method_parameters("freelb")`` lists the hyper-parameters it takes (its config's fields). ``METHODS`` holds
 the built-in methods, keyed by ``AdversarialMethodName`` (what ``train.py``'s ``--adv_method`` offers).
 
@@ -15,7 +16,7 @@ import dataclasses
 import difflib
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -25,6 +26,7 @@ from module.adversarial.base import AdversarialMethod
 from module.adversarial.free import YOPO, FreeAT, FreeATConfig, FreeLB, FreeLBConfig, YOPOConfig
 from module.adversarial.gradient_attacks import FGM, FGSM, PGD, FGMConfig, FGSMConfig, PGDConfig
 from module.adversarial.names import AdversarialMethodName
+from module.adversarial.site import AdversarialSite
 from module.adversarial.smart import SmartConfig
 from module.adversarial.virtual import ALUM, R3F, R4F, ALUMConfig, R3FConfig, RDrop, RDropConfig, Smart
 
@@ -51,6 +53,9 @@ class MethodSpec:
     method: type[AdversarialMethod]
     config: type[Any]  # a frozen dataclass of hyper-parameters with the paper's defaults
     summary: str
+    # The defaults that differ when the method (continues to) pre-train a masked LM (ALUM's alpha of 10);
+    # the caller knows which tasks pre-train, and parameters it was given win over these.
+    pretraining: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def owns_backward(self) -> bool:
@@ -66,7 +71,11 @@ METHODS: Mapping[AdversarialMethodName, MethodSpec] = _specs(
         AdversarialMethodName.SMART, Smart, SmartConfig, "virtual adversarial, sym-KL, + Bregman step"
     ),
     MethodSpec(
-        AdversarialMethodName.ALUM, ALUM, ALUMConfig, "virtual adversarial (SMART's loop), no Bregman"
+        AdversarialMethodName.ALUM,
+        ALUM,
+        ALUMConfig,
+        "virtual adversarial (SMART's loop), no Bregman",
+        MappingProxyType({"alpha": ALUMConfig.for_pretraining().alpha}),
     ),
     MethodSpec(AdversarialMethodName.R3F, R3F, R3FConfig, "random noise, symmetric KL, no ascent"),
     MethodSpec(AdversarialMethodName.R4F, R4F, R3FConfig, "R3F + spectral-normalised classification head"),
@@ -131,6 +140,9 @@ def register_method(spec: MethodSpec) -> MethodSpec:
         )
     if not dataclasses.is_dataclass(spec.config):
         raise ValueError(f"method {name!r}: its config {spec.config!r} must be a dataclass")
+    unknown = sorted(set(spec.pretraining) - {item.name for item in dataclasses.fields(spec.config)})
+    if unknown:
+        raise ValueError(f"method {name!r}: its pretraining defaults name no config field {unknown[0]!r}")
     _USER_METHODS.add(spec)
     return spec
 
@@ -171,17 +183,19 @@ def method_parameters(name: MethodName) -> tuple[str, ...]:
 
 def build_method(
     name: MethodName,
-    target: nn.Module,
+    site: AdversarialSite | nn.Module,
     *,
     first_layer: nn.Module | None = None,
     **parameters: Any,
 ) -> AdversarialMethod:
-    """The method ``name`` on ``target``'s output, with its defaults overridden by ``parameters``.
+    """The method ``name`` on ``site``, with its defaults overridden by ``parameters``.
 
-    ``first_layer`` goes to methods that rerun a first layer (YOPO: the module whose output the co-state is
-    taken at; for an HF encoder its embeddings block; default ``target``, where YOPO's n inner steps reduce
-    to n steps along one fixed gradient). Raises ``ValueError`` for an unknown name (listing the known
-    ones) or a parameter the method does not take (naming the ones it does).
+    ``site``: an ``AdversarialSite``, or - the plain API - the target module itself, which stands for
+    ``AdversarialSite(target, first_layer or target)``: YOPO's first layer (the module whose output the
+    co-state is taken at; for an HF encoder its embeddings block) then defaults to the target, where its n
+    inner steps reduce to n steps along one fixed gradient; ``first_layer`` goes with a bare target only.
+    Raises ``ValueError`` for an unknown name (listing the known ones), a parameter the method does not take
+    (naming the ones it does), or a site without a part the method needs (``MissingSitePart``).
     """
     spec = method_spec(name)
     known = method_parameters(spec.name)
@@ -190,7 +204,8 @@ def build_method(
         raise ValueError(
             f"{spec.name} takes no parameter {unknown[0]!r} (its parameters: {', '.join(known)})"
         )
-    config = spec.config(**parameters)
-    if spec.method.uses_first_layer:
-        return spec.method(target, config, first_layer=first_layer)  # type: ignore[call-arg]
-    return spec.method(target, config)  # type: ignore[call-arg]
+    if not isinstance(site, AdversarialSite):
+        site = AdversarialSite(site, first_layer if first_layer is not None else site)
+    elif first_layer is not None:
+        raise ValueError("build_method: give first_layer in the AdversarialSite, not beside it")
+    return spec.method.from_site(site, spec.config(**parameters))

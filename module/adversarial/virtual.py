@@ -17,6 +17,7 @@ from module.adversarial.gradient_attacks import check_non_negative
 from module.adversarial.hooks import capture_output
 from module.adversarial.names import AdversarialMethodName
 from module.adversarial.norms import Radius
+from module.adversarial.site import AdversarialSite, MissingSitePart, SitePart, as_site
 from module.adversarial.smart import SmartConfig, SmartPerturbation
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "RDropConfig",
     "Smart",
     "check_is_head",
+    "is_spectrally_normalized",
     "spectral_normalize",
 ]
 
@@ -145,15 +147,20 @@ class R3F(AdversarialMethod):
 
 
 class R4F(R3F):
-    """R3F plus spectral normalisation of the classification head's linear layers (``prepare(head)``)."""
+    """R3F plus spectral normalisation of the task heads' linear layers (``prepare(site)``)."""
 
     name = AdversarialMethodName.R4F
 
-    def prepare(self, model: nn.Module) -> None:
-        """Spectrally normalise ``model``, the task head; a module that holds the perturbed target or any
-        embedding (an encoder, the whole model) is refused: R4F constrains the head only."""
-        check_is_head(model, self.target)
-        spectral_normalize(model)
+    def prepare(self, site: AdversarialSite | nn.Module) -> None:
+        """Spectrally normalise every one of ``site.heads`` (at least one); a module that holds the perturbed
+        target or any embedding (an encoder, the whole model) is refused: R4F constrains the heads only."""
+        site = as_site(site, self.target)
+        if not site.heads:
+            raise MissingSitePart(self.name, SitePart.HEADS, "R4F spectrally normalises the task heads")
+        for head in site.heads:
+            check_is_head(head, self.target)
+        for head in site.heads:
+            spectral_normalize(head)
 
 
 def check_is_head(head: nn.Module, target: nn.Module) -> None:
@@ -211,3 +218,10 @@ def spectral_normalize(head: nn.Module) -> None:
     for module in linears:
         if not torch.nn.utils.parametrize.is_parametrized(module, "weight"):
             torch.nn.utils.parametrizations.spectral_norm(module)
+
+
+def is_spectrally_normalized(head: nn.Module) -> bool:
+    """Whether every ``nn.Linear`` in ``head`` (at least one) has its weight reparametrised, as
+    ``spectral_normalize`` leaves it."""
+    linears = [module for module in head.modules() if isinstance(module, nn.Linear)]
+    return bool(linears) and all(torch.nn.utils.parametrize.is_parametrized(m, "weight") for m in linears)

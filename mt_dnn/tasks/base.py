@@ -24,6 +24,7 @@ from data_utils.enums import HeadType, TaskType
 from data_utils.masking import MaskingSpec
 from data_utils.metrics import predictions_from_scores
 from data_utils.task_def import TaskDef
+from module.encoders import EncoderLayout
 from module.heads import SANConfig
 
 __all__ = [
@@ -147,8 +148,11 @@ class TaskKind(ABC):
     def build_head(self, task_def: TaskDef, options: HeadOptions) -> nn.Module:
         """A fresh head for ``task_def`` (``ValueError`` for a head type the kind does not serve)."""
 
-    def init_head(self, head: nn.Module, encoder_folder: Path, task: str) -> None:  # noqa: B027 - optional
-        """Start ``head`` from pretrained weights in the encoder's folder, when the kind has such weights."""
+    def init_head(  # noqa: B027 - optional hook, a no-op by default
+        self, head: nn.Module, encoder_folder: Path, task: str, layout: EncoderLayout
+    ) -> None:
+        """Start ``head`` from pretrained weights in the encoder's folder (``layout``: where the encoder type
+        keeps its parts), when the kind has such weights."""
 
     def run_head(self, head: nn.Module, encoded: EncoderOutput, batch_shape: BatchShape) -> Tensor:
         """The head's output for the task (the model's forward returns it)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors
 import torch
 from torch import Tensor, nn
 
@@ -24,6 +25,7 @@ from data_utils.enums import HeadType, TaskType
 from data_utils.masking import MaskingSpec, mask_tokens
 from data_utils.metrics import predictions_from_scores
 from data_utils.task_def import TaskDef
+from module.encoders import EncoderLayout, MaskedLMHeadNames
 from module.heads import MaskedLMHead
 from mt_dnn.tasks.base import (
     BatchScores,
@@ -37,7 +39,7 @@ from mt_dnn.tasks.base import (
 )
 from mt_dnn.tasks.registry import register_task_kind
 
-__all__ = ["MASK_SALT", "MaskLM", "mask_batch"]
+__all__ = ["MASK_SALT", "MaskLM", "mask_batch", "pretrained_mlm_head"]
 
 logger = logging.getLogger("mt_dnn.tasks.mask_lm")
 
@@ -60,6 +62,29 @@ def mask_batch(batch: Batch, masking: MaskingSpec, probability: float, salt: str
     return ModelInputs(masked_batch, {"positions": masked.positions}, masked.targets)
 
 
+def pretrained_mlm_head(folder: str | Path, head: MaskedLMHeadNames) -> tuple[dict[str, Tensor], str] | None:
+    """The masked-LM head weights in an HF folder's safetensors files, under our head's names (``head``: where
+    the encoder type's checkpoints keep them), and their prefix; ``None`` when the folder has no complete
+    masked-LM head."""
+    prefix, names = head.prefix, head.names
+    files = sorted(Path(folder).glob("*.safetensors"))
+    stored: dict[str, tuple[Path, str]] = {}
+    for file in files:
+        with safetensors.safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a dict
+                if key.startswith(prefix):
+                    stored[key] = (file, key)
+    found: dict[str, Tensor] = {}
+    for ours, theirs in names.items():
+        key = next((prefix + name for name in theirs if prefix + name in stored), None)
+        if key is None:
+            return None
+        file, name = stored[key]
+        with safetensors.safe_open(str(file), framework="pt") as handle:
+            found[ours] = handle.get_tensor(name)
+    return found, prefix
+
+
 @register_task_kind
 class MaskLM(TaskKind):
     task_type = TaskType.MASK_LM
@@ -76,11 +101,9 @@ class MaskLM(TaskKind):
         self.check_head_type(task_def, (HeadType.LINEAR,))
         return MaskedLMHead(options.hidden_size, options.vocab_size)
 
-    def init_head(self, head: nn.Module, encoder_folder: Path, task: str) -> None:
+    def init_head(self, head: nn.Module, encoder_folder: Path, task: str, layout: EncoderLayout) -> None:
         """Start from the folder's pretrained masked-LM head when it has one (e.g. a ``BertForMaskedLM``)."""
-        from mt_dnn.model import pretrained_mlm_head  # the model module imports the kinds
-
-        found = pretrained_mlm_head(encoder_folder)
+        found = None if layout.mlm_head is None else pretrained_mlm_head(encoder_folder, layout.mlm_head)
         if found is None:
             logger.info("%s has no pretrained masked-LM head: head '%s' starts fresh", encoder_folder, task)
             return

@@ -48,7 +48,8 @@ from module.adversarial.integrations.common import (
     resolve_divergence,
 )
 from module.adversarial.names import AdversarialMethodName
-from module.adversarial.registry import MethodName, build_method
+from module.adversarial.registry import MethodName, build_method, method_spec
+from module.adversarial.site import AdversarialSite, MissingSitePart, SitePart
 from module.bregman import BregmanConfig, BregmanProximalPoint
 
 __all__ = ["TEACHER_PREFIX", "ALUMCallback", "AdversarialCallback", "SMARTCallback"]
@@ -85,16 +86,21 @@ class AdversarialCallback(Callback):
         **params: Any,
     ) -> None:
         super().__init__()
-        method = build_method(method_name, module, **params)
-        if method.owns_backward or method.replays > 1:
+        site = AdversarialSite(module, heads=() if head is None else (head,))
+        spec = method_spec(method_name)
+        method = None if spec.owns_backward else build_method(method_name, site, **params)
+        if method is None or method.replays > 1:
             raise ValueError(
-                f"{method.name} runs its own backward passes; a fastai callback can only add a term to "
+                f"{spec.name} runs its own backward passes; a fastai callback can only add a term to "
                 "loss_grad (use a single-backward method: smart, alum, r3f, r4f, fgsm, fgm, pgd, rdrop)"
             )
-        if method.name == AdversarialMethodName.R4F and head is None:
-            raise ValueError("R4F spectrally normalises the task head: pass head= (e.g. model[-1])")
-        if head is not None:
-            method.prepare(head)
+        try:
+            method.prepare(site)
+        except MissingSitePart as error:
+            if error.part is not SitePart.HEADS:
+                raise
+            message = f"{error.method} spectrally normalises the task head: pass head= (e.g. model[-1])"
+            raise ValueError(message) from None
         self.adversarial_method: AdversarialMethod = method
         self.bregman_config: BregmanConfig | None = resolve_bregman(method, bregman)
         self.bregman: BregmanProximalPoint | None = None

@@ -56,7 +56,9 @@ from module.adversarial.integrations.common import (
 from module.adversarial.integrations.replay import ReplaySampler
 from module.adversarial.names import AdversarialMethodName
 from module.adversarial.registry import MethodName, build_method, method_spec
+from module.adversarial.site import AdversarialSite, MissingSitePart, SitePart
 from module.bregman import BregmanProximalPoint
+from module.encoders import ENCODER_LAYOUTS, encoder_layout
 
 __all__ = [
     "TEACHER_FILE",
@@ -81,22 +83,14 @@ else:
 _HEAD_NAMES = ("classifier", "score", "classification_head", "qa_outputs", "lm_head")
 
 
-def default_first_layer(model: nn.Module, target: nn.Module | None = None) -> nn.Module:
-    """YOPO's first layer for an HF model: the block that holds the input embeddings (``target``, default
-    ``model.get_input_embeddings()``) as a direct child - BERT's, RoBERTa's, DeBERTa's ``embeddings`` (word
-    + position + type embeddings, LayerNorm). Raises ``ValueError`` when the embeddings sit directly in the
-    base model (GPT-2 style), where no such block exists: a first layer equal to the word embeddings would
-    make YOPO's inner updates n steps along one fixed gradient."""
-    if target is None:
-        target = model.get_input_embeddings()
-    base = getattr(model, "base_model", model)
-    for module in base.modules():
-        if module is not base and any(child is target for child in module.children()):
-            return module
-    raise ValueError(
-        f"YOPO: {type(base).__name__} has no embeddings block around its input embeddings; pass "
-        "adv_first_layer= (a module that runs once per forward, contains the target and returns one tensor)"
-    )
+def default_first_layer(model: nn.Module) -> nn.Module | None:
+    """YOPO's first layer for an HF model: its encoder layout's embeddings block (BERT's, RoBERTa's,
+    DeBERTa's ``embeddings``: word + position + type embeddings, LayerNorm); None for a model type without a
+    layout (``module.encoders``), e.g. GPT-2's, whose embeddings sit directly in the base model. A first layer
+    equal to the word embeddings would make YOPO's inner updates n steps along one fixed gradient."""
+    if _model_type(model) not in ENCODER_LAYOUTS:
+        return None
+    return encoder_layout(model).embeddings_block(model)
 
 
 def default_head(model: nn.Module) -> nn.Module | None:
@@ -106,6 +100,21 @@ def default_head(model: nn.Module) -> nn.Module | None:
         if isinstance(head, nn.Module):
             return head
     return None
+
+
+def _model_type(model: nn.Module) -> str | None:
+    return getattr(getattr(model, "config", None), "model_type", None)
+
+
+def _site_error(error: MissingSitePart, model: nn.Module) -> ValueError:
+    """The plug-in's argument for the site part a method missed."""
+    if error.part is SitePart.HEADS:
+        return ValueError(f"{error.method} normalises the classification head: pass adv_head")
+    return ValueError(
+        f"{error.method}: {type(model).__name__} (model_type {_model_type(model)!r}) has no embeddings block "
+        f"in the encoder layouts ({', '.join(sorted(ENCODER_LAYOUTS))}); pass adv_first_layer= (a module "
+        "that runs once per forward, contains the target and returns one tensor)"
+    )
 
 
 def _logits(outputs: Any) -> Tensor:
@@ -162,8 +171,8 @@ class AdversarialTrainerMixin(_TrainerBase):
 
     ``adv_method``: a registry name (a registered method of your own too); ``adv_params``: its
     hyper-parameters (``method_parameters(name)``); ``adv_target``: the module whose output is perturbed
-    (default ``model.get_input_embeddings()``); ``adv_first_layer``: YOPO's first layer (default the
-    embeddings block, ``default_first_layer``); ``adv_head``: the head R4F normalises (default
+    (default ``model.get_input_embeddings()``); ``adv_first_layer``: YOPO's first layer (default the encoder
+    layout's embeddings block, ``default_first_layer``); ``adv_head``: the head R4F normalises (default
     ``model.classifier`` or HF's other usual names); ``adv_task_loss`` / ``adv_divergence``: override the loss
     ``(logits, labels) -> scalar`` and the divergence (a ``LossName`` or ``(outputs, reference) -> scalar``)
     chosen from ``problem_type``; ``adv_bregman``: the Bregman proximal point (``BregmanSpec``: on for SMART
@@ -191,23 +200,23 @@ class AdversarialTrainerMixin(_TrainerBase):
         target = adv_target if adv_target is not None else model.get_input_embeddings()
         if not isinstance(target, nn.Module):
             raise ValueError("the model has no input embeddings to perturb: pass adv_target")
-        first_layer = None
-        if spec.method.uses_first_layer:
-            first_layer = (
-                adv_first_layer if adv_first_layer is not None else default_first_layer(model, target)
-            )
-        method = build_method(spec.name, target, first_layer=first_layer, **dict(adv_params or {}))
+        first_layer = adv_first_layer if adv_first_layer is not None else default_first_layer(model)
+        head = adv_head if adv_head is not None else default_head(model)
+        site = AdversarialSite(target, first_layer, () if head is None else (head,))
+        try:
+            method = build_method(spec.name, site, **dict(adv_params or {}))
+        except MissingSitePart as error:
+            raise _site_error(error, model) from None
         _check_fits_trainer(method, self.args)
         if adv_task_loss is None and (self.compute_loss_func is not None or self.label_smoother is not None):
             raise ValueError(
                 "the adversarial objective computes its own task loss: pass adv_task_loss to use "
                 "compute_loss_func or label smoothing in it"
             )
-        if spec.name == AdversarialMethodName.R4F:
-            head = adv_head if adv_head is not None else default_head(model)
-            if head is None:
-                raise ValueError("R4F normalises the classification head: pass adv_head")
-            method.prepare(head)
+        try:
+            method.prepare(site)  # R4F: spectral norm on the head; a no-op for most methods
+        except MissingSitePart as error:
+            raise _site_error(error, model) from None
         self.adversarial_method: AdversarialMethod = method
         self.adversarial_stats: dict[str, Tensor] = {}
         bregman = resolve_bregman(method, adv_bregman)
