@@ -276,8 +276,7 @@ class Trainer:
             # Resumed after the last step but before its evaluation (killed in it): finish that epoch end.
             if at.batches_in_epoch >= len(self.sampler):
                 at.epoch, at.batches_in_epoch = at.epoch + 1, 0
-            self._evaluate_and_keep_best(log)
-            self.save_checkpoint()
+            self._evaluate_and_save(log, window)
         while at.epoch < config.epochs and not stopped_early and not done:
             self.model.train()
             self.sampler.set_epoch(at.epoch)
@@ -296,10 +295,7 @@ class Trainer:
                     converged = self.best.patience_exhausted()
                 done = converged or at.step >= self.total_steps
                 if done and at.step < self.steps_per_epoch * (at.epoch + 1):  # stopped inside an epoch
-                    if window.has_data():
-                        self._log_window(log, window)
-                    self._evaluate_and_keep_best(log)
-                    self.save_checkpoint()
+                    self._evaluate_and_save(log, window)
                     break
                 if _crossed(config.save_every_steps, steps_before, at.step):
                     self.save_checkpoint()
@@ -310,12 +306,9 @@ class Trainer:
                 break
             at.epoch += 1
             at.batches_in_epoch = 0
-            if window.has_data():
-                self._log_window(log, window)
-            self._evaluate_and_keep_best(log)
+            self._evaluate_and_save(log, window)
             converged = self.best.patience_exhausted()
             done = converged or at.step >= self.total_steps
-            self.save_checkpoint()
         progress.close()
         if converged:
             logger.info(
@@ -334,6 +327,13 @@ class Trainer:
             atomic_write_json(self.out / "results.json", results)
         log.close()
         return results
+
+    def _evaluate_and_save(self, log: RunLog, window: _TrainWindow) -> None:
+        """An epoch end, or the last step: the train log so far, an evaluation, the ``last`` checkpoint."""
+        if window.has_data():
+            self._log_window(log, window)
+        self._evaluate_and_keep_best(log)
+        self.save_checkpoint()
 
     def _step_groups(self) -> Iterator[list[Batch]]:
         """The rest of the epoch's micro-batches (on the device), grouped by optimizer step."""
