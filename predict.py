@@ -28,13 +28,13 @@ import numpy as np
 import torch
 
 from data_utils.atomic import atomic_write_text
-from data_utils.cache import EncodedSplit, load_split, verify_split
-from data_utils.dataset import Collator, TaskDataset
+from data_utils.cache import EncodedSplit
+from data_utils.dataset import TaskDataset
 from data_utils.errors import UserError, exit_on_user_error
-from data_utils.masking import MaskingSpec
-from data_utils.prepro import encode_examples, tokenizer_fingerprint
+from data_utils.prepro import encode_examples
 from data_utils.readers import read_examples
 from data_utils.task_def import TaskDef, parse_task_def
+from mt_dnn.distributed import resolve_device
 from mt_dnn.inference import (
     evaluate,
     prediction_records,
@@ -50,6 +50,7 @@ from mt_dnn.model import (
     read_checkpoint_config,
     usable_positions,
 )
+from mt_dnn.run_data import CacheCheck, collator_for, masking_for
 from mt_dnn.tasks import task_kind
 
 DEFAULT_MAX_SEQ_LEN = 512
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     output = Path(args.output) if args.output else _default_output(input_path, task_def.name)
     _check_outputs(input_path, output, args.submission)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     autocast_dtype = _PRECISIONS[args.precision]
 
     tokenizer = load_tokenizer(checkpoint)
@@ -118,17 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     with quiet_loading():
         model = MTDNNModel.load(checkpoint, map_location=device)
     dataset = TaskDataset(task_def, split)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    collator = Collator({task_def.name: task_def}, pad_token_id=pad_id)
-    masking = MaskingSpec.from_tokenizer(tokenizer) if kind.needs_masking else None
     result = evaluate(
         model,
         dataset,
-        collator,
+        collator_for({task_def.name: task_def}, tokenizer),
         batch_size=args.batch_size,
         device=device,
         autocast_dtype=autocast_dtype,
-        masking=masking,
+        masking=masking_for({task_def.name: task_def}, tokenizer),
         progress=None,  # a bar on a terminal, nothing in logs
     )
     predictions = result.predictions
@@ -190,14 +188,6 @@ def _checkpoint_task(checkpoint: Path, task: str) -> TaskDef:
     return parse_task_def(task, entries[task], source=str(checkpoint / CONFIG_FILE))
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available (use --device cpu)")
-    return torch.device(name)
-
-
 def _encoder_config(checkpoint: Path) -> dict[str, Any]:
     try:
         config = json.loads((encoder_dir(checkpoint) / "config.json").read_text(encoding="utf-8"))
@@ -239,18 +229,7 @@ def _encoded_file(
 
 def _cached_split(path: Path, task_def: TaskDef, tokenizer: Any, checkpoint: Path) -> EncodedSplit:
     """A cache split folder, checked against the task, the checkpoint's tokenizer and its encoder."""
-    cached_task = load_split(path).meta.get("task")
-    if cached_task != task_def.name:
-        raise UserError(f"{path}: holds a token-id cache of task '{cached_task}', not '{task_def.name}'")
-    config = _encoder_config(checkpoint)
-    return verify_split(
-        path,
-        task_def,
-        vocab_size=config.get("vocab_size"),
-        max_positions=_position_limit(checkpoint),
-        type_vocab_size=config.get("type_vocab_size"),
-        tokenizer_sha256=tokenizer_fingerprint(tokenizer)["sha256"],
-    )
+    return CacheCheck.for_config_json(tokenizer, _encoder_config(checkpoint)).split(path, task_def)
 
 
 def _default_output(input_path: Path, task: str) -> Path:

@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from data_utils.errors import UserError
 
-__all__ = ["Distributed", "free_port", "local_rank_environment", "setup", "teardown"]
+__all__ = ["Distributed", "free_port", "local_rank_environment", "resolve_device", "setup", "teardown"]
 
 
 @dataclass(frozen=True)
@@ -54,20 +54,27 @@ def setup(device: str = "auto") -> Distributed:
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine")
-    if use_cuda:
-        single_index = 0 if device == "auto" else (torch.device(device).index or 0)
-        index = local_rank if world_size > 1 else single_index
-        chosen = torch.device("cuda", index)
+    chosen = resolve_device(device, local_rank if world_size > 1 else None)
+    if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
-    else:
-        chosen = torch.device("cpu") if device == "auto" else torch.device(device)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if chosen.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
     return Distributed(rank=rank, local_rank=local_rank, world_size=world_size, device=chosen)
+
+
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """``--device``: ``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; a CUDA
+    device always with its index (a torchrun rank's ``local_rank``, else N or 0). Reads only: ``setup``
+    selects it."""
+    use_cuda = torch.cuda.is_available() if name == "auto" else name.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available (use --device cpu)")
+    if not use_cuda:
+        return torch.device("cpu") if name == "auto" else torch.device(name)
+    if local_rank is not None:
+        return torch.device("cuda", local_rank)
+    return torch.device("cuda", 0 if name == "auto" else (torch.device(name).index or 0))
 
 
 def teardown(context: Distributed) -> None:

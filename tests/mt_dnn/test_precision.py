@@ -12,9 +12,10 @@ from torch import nn
 from data_utils.errors import UserError
 from module.adversarial import SmartConfig, SmartPerturbation
 from module.losses import sym_kl
+from mt_dnn.checkpoint_state import STATE_FILE
 from mt_dnn.config import parse_config
 from mt_dnn.model import MTDNNModel
-from mt_dnn.trainer import STATE_FILE, Trainer
+from mt_dnn.trainer import Trainer
 from tests.mt_dnn.conftest import tiny_bert_config, tiny_task_defs
 from tests.mt_dnn.test_trainer import config_for
 

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from data_utils.errors import UserError
+from mt_dnn.checkpoint_state import STATE_FILE
 from mt_dnn.config import TrainConfig
 from mt_dnn.model import MTDNNModel
 from mt_dnn.objective import TrainingObjective
-from mt_dnn.trainer import STATE_FILE, Trainer, TrainingDiverged, _skips_on_device
+from mt_dnn.trainer import Trainer, TrainingDiverged
+from mt_dnn.update import skips_on_device
 from tests.mt_dnn.conftest import make_tiny_run
 
 
@@ -93,7 +95,7 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(
     tiny_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimizer: str
 ) -> None:
     trainer = Trainer(config_for(tiny_run, tmp_path, epochs=1, max_nonfinite_steps=3, optimizer=optimizer))
-    assert _skips_on_device(trainer.optimizer) == (optimizer == "adamw")
+    assert skips_on_device(trainer.optimizer) == (optimizer == "adamw")
     calls = {"n": 0}
     real_call = TrainingObjective.__call__
 
