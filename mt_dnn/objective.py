@@ -128,11 +128,6 @@ class TrainingObjective:
             )
             self.bregman = BregmanProximalPoint(base_model, bregman_config, total_steps)
 
-    @property
-    def replays(self) -> int:
-        """Optimizer steps per batch (FreeAT's m; 1 otherwise)."""
-        return max((method.replays for method in self.methods.values()), default=1)
-
     def __call__(
         self,
         model: nn.Module,
