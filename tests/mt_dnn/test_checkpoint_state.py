@@ -77,9 +77,10 @@ def test_a_changeable_key_resumes_and_any_other_is_refused_naming_it(tiny_run: d
 
 
 def test_every_changeable_key_is_a_config_key_and_the_rest_must_match() -> None:
-    keys = set(TrainConfig().to_dict())
+    keys = set(TrainConfig().flat_dict())
     assert keys > RESUMABLE_CHANGES
     assert set(resume_identity(TrainConfig())) == keys - RESUMABLE_CHANGES
+    assert {"adversarial.method", "adversarial.epsilon", "bregman.update_every", "sampling.strategy"} <= keys
     # What decides the numbers is never changeable.
     assert not RESUMABLE_CHANGES & {
         "learning_rate",
@@ -100,8 +101,10 @@ def test_check_resumable_names_the_first_differing_or_unrecorded_key(tmp_path: P
     check_resumable(path, {"config": dict(ours)}, {k: v for k, v in relaxed.items() if k in ours}, {})
     with pytest.raises(UserError, match=r"cannot resume: --warmup differs"):
         check_resumable(path, {"config": {**ours, "warmup": 0.5}}, ours, {})
-    older = {key: value for key, value in ours.items() if key != "adv_radius"}
-    with pytest.raises(UserError, match=r"older train.py that did not record --adv_radius"):
+    older = {key: value for key, value in ours.items() if key != "adversarial.radius"}
+    with pytest.raises(
+        UserError, match=r"older train.py that did not record --adversarial.radius \(--adv_radius\)"
+    ):
         check_resumable(path, {"config": older}, ours, {})
     data = {"task 'a' train rows": "1"}
     with pytest.raises(UserError, match=r"cannot resume: task 'a' train rows differs"):
