@@ -481,8 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["metavar"] = key.split(".", 1)[1].upper()
         if key == "adversarial.method":
             kwargs["choices"] = list(method_names())
-        if isinstance(kind, type) and issubclass(kind, Enum):
-            groups[section].add_argument(*flags, type=str, choices=[item.value for item in kind], **kwargs)
+        if "choices" in kwargs or (isinstance(kind, type) and issubclass(kind, Enum)):
+            kwargs.pop("metavar", None)  # argparse shows the choices instead
+            if "choices" not in kwargs:
+                kwargs["choices"] = [item.value for item in kind]
+            groups[section].add_argument(*flags, type=str, **kwargs)
         elif kind is bool:
             kwargs.pop("metavar", None)
             groups[section].add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
