@@ -221,10 +221,11 @@ def key_types() -> dict[str, Any]:
         if item.name not in SECTIONS
     }
     keys["adversarial.method"] = str
-    keys.update({f"adversarial.{name}": kind for name, kind in parameter_types().items()})
+    keys.update({f"adversarial.{name}": _plain_type(kind) for name, kind in parameter_types().items()})
     for section, owner in ((Section.BREGMAN, BregmanConfig), (Section.SAMPLING, SamplingConfig)):
         owner_hints = typing.get_type_hints(owner)
-        keys.update({f"{section}.{item.name}": owner_hints[item.name] for item in dataclasses.fields(owner)})
+        for item in dataclasses.fields(owner):
+            keys[f"{section}.{item.name}"] = _plain_type(owner_hints[item.name])
     return keys
 
 

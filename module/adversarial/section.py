@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,27 +24,23 @@ from module.adversarial.site import AdversarialSite
 __all__ = ["AdversarialConfig", "parameter_types"]
 
 
-def _plain_type(hint: Any) -> type:
-    """``float | None`` -> ``float``; a plain type stays as it is."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    return typing.cast(type, hint)
-
-
-def parameter_types(method: MethodName | None = None) -> dict[str, type]:
-    """``{parameter: type}`` of ``method``'s config, or of every registered method's (the union, first
-    method's type first) when ``method`` is None: what the run's flags offer."""
+def parameter_types(method: MethodName | None = None) -> dict[str, Any]:
+    """``{parameter: type hint}`` of ``method``'s config, or of every registered method's (the union, first
+    method's hint first) when ``method`` is None: what the run's flags offer."""
     names = method_names() if method is None else (str(method),)
-    found: dict[str, type] = {}
+    found: dict[str, Any] = {}
     for name in names:
         config = method_spec(name).config
         hints = typing.get_type_hints(config)
         for item in dataclasses.fields(config):
-            found.setdefault(item.name, _plain_type(hints[item.name]))
+            found.setdefault(item.name, hints[item.name])
     return found
 
 
-def _coerce(name: str, value: Any, expected: type) -> Any:
+def _coerce(value: Any, expected: Any) -> Any:
+    """An enum's value as the enum, an int as the float a float field wants; anything else as it is."""
+    if not isinstance(expected, type):
+        return value
     if issubclass(expected, Enum):
         return expected(value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
@@ -80,7 +75,7 @@ class AdversarialConfig:
                 raise ValueError(
                     f"method {spec.name} takes no parameter '{name}' (it takes {', '.join(known)})"
                 )
-            given[name] = _coerce(name, value, known[name])
+            given[name] = _coerce(value, known[name])
             if isinstance(given[name], float) and (
                 math.isnan(given[name]) or (math.isinf(given[name]) and name != "epsilon")
             ):
