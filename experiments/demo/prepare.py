@@ -22,7 +22,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -66,7 +66,20 @@ def load_demo_task_defs(path: Path = TASK_DEF) -> dict[str, TaskDef]:
     return task_defs
 
 
-def split_examples(examples: Sequence[Example], seed: int, task: str) -> dict[str, list[Example]]:
+class Splittable(Protocol):
+    """What the splitter reads of an example: its group and, for sources with official splits, its split."""
+
+    @property
+    def group(self) -> str: ...
+
+    @property
+    def split(self) -> str | None: ...
+
+
+E = TypeVar("E", bound=Splittable)
+
+
+def split_examples(examples: Sequence[E], seed: int, task: str) -> dict[str, list[E]]:
     """Seeded 80/10/10 split that keeps every ``group`` in one split (or the source's official splits).
 
     Groups are shuffled, then filled into train until it holds 80% of the rows, then dev until 90%.
