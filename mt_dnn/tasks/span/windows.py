@@ -112,7 +112,8 @@ class Window:
 
 def tokenize_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[CharSpan]]:
     """A text's token ids without special tokens and each token's characters (a fast tokenizer's offsets)."""
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    # verbose=False: a long context is the point here, not a mistake to warn about
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     return list(encoding["input_ids"]), [(int(a), int(b)) for a, b in encoding["offset_mapping"]]
 
 
