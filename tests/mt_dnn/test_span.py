@@ -365,3 +365,17 @@ def test_divergence_of_masked_head_outputs_is_finite_under_bf16_autocast(tiny_to
         same = span_divergence(clean, clean.detach(), batch["span_mask"])
     assert value.dtype == torch.float32 and torch.isfinite(value) and value.item() > 0
     assert same.item() == 0.0
+
+
+def test_divergence_is_the_generic_masked_divergence_the_objective_computes() -> None:
+    """What the wiring relies on: the objective's ``divergence(adv_loss, out, target, mask)`` with the
+    span mask spread over start and end is the span divergence, for every divergence in the registry."""
+    from module.losses import divergence
+
+    torch.manual_seed(3)
+    p, q = torch.randn(4, 2, 9), torch.randn(4, 2, 9)
+    mask = torch.rand(4, 9) > 0.3
+    mask[:, 0] = True
+    spread = mask[:, None, :].expand(-1, 2, -1)
+    for name in ("sym_kl", "kl", "js"):
+        assert span_divergence(p, q, mask, name).item() == divergence(name, p, q, mask=spread).item()
