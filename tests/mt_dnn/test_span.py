@@ -143,6 +143,25 @@ def test_impossible_window_settings_are_refused(
         windows_of(tiny_tokenizer, max_seq_len=max_seq_len, doc_stride=doc_stride)
 
 
+def test_every_context_token_has_exactly_one_max_context_window(tiny_tokenizer: Any) -> None:
+    windows, context_ids, *_ = windows_of(tiny_tokenizer, max_seq_len=24, doc_stride=6)
+    owners: dict[int, list[int]] = {}
+    for k, window in enumerate(windows):
+        assert len(window.max_context) == len(window)
+        for i in range(window.n_context):
+            if window.max_context[window.context_offset + i]:
+                owners.setdefault(window.context_start + i, []).append(k)
+        outside = [
+            flag for flag, span in zip(window.max_context, window.char_spans, strict=True) if span == NO_CHAR
+        ]
+        assert not any(outside)
+    assert sorted(owners) == list(range(len(context_ids)))
+    assert all(len(ks) == 1 for ks in owners.values())
+    # the last context token of window 0 is also in window 1, away from its edges: window 1 owns it
+    edge = windows[0].context_start + windows[0].n_context - 1
+    assert owners[edge] == [1]
+
+
 # --- decoding --------------------------------------------------------------------------------------------
 
 
@@ -196,6 +215,23 @@ def test_decoding_keeps_spans_within_max_answer_length(tiny_tokenizer: Any) -> N
     assert short.text == "cat"
     long = decode_example(CONTEXT, [window], [start], [end], max_answer_length=6)
     assert long.text == CONTEXT[spans[a + 1][0] : spans[a + 6][1]]
+
+
+def test_decoding_reads_a_span_in_the_window_that_gives_its_start_most_context(tiny_tokenizer: Any) -> None:
+    windows, *_ = windows_of(tiny_tokenizer, max_seq_len=24, doc_stride=6)
+    first, second = windows[0], windows[1]
+    token = first.context_start + first.n_context - 1  # window 0's last context token, central in window 1
+    at_first = first.context_offset + token - first.context_start
+    at_second = second.context_offset + token - second.context_start
+    starts = [np.zeros(len(first)), np.zeros(len(second))]
+    ends = [np.zeros(len(first)), np.zeros(len(second))]
+    starts[0][at_first] = ends[0][at_first] = 9.0  # more sure at the edge of window 0
+    starts[1][at_second] = ends[1][at_second] = 5.0
+    best = decode_example(CONTEXT, [first, second], starts, ends, max_context_only=True).n_best[0]
+    assert (best.window, best.start_position, best.score) == (1, at_second, 10.0)
+    anywhere = decode_example(CONTEXT, [first, second], starts, ends).n_best[0]
+    assert (anywhere.window, anywhere.score) == (0, 18.0)
+    assert anywhere.text == best.text == CONTEXT[slice(*first.char_spans[at_first])]
 
 
 def test_no_answer_wins_when_the_first_token_outscores_every_span(tiny_tokenizer: Any) -> None:

@@ -97,6 +97,9 @@ class Window:
     n_context: int
     start_position: int = 0
     end_position: int = 0
+    # Per position: whether this window gives the token more context than any other window does (BERT's
+    # rule, see ``_max_context``); empty: every context token counts as such.
+    max_context: tuple[bool, ...] = ()
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -162,12 +165,13 @@ def doc_windows(
         list(layout.prefix_types) + [layout.question_type] * len(question) + list(layout.middle_types)
     )
     windows: list[Window] = []
-    for start in _piece_starts(len(context_ids), room, doc_stride):
-        end = min(start + room, len(context_ids))
+    starts = _piece_starts(len(context_ids), room, doc_stride)
+    pieces = [(start, min(start + room, len(context_ids))) for start in starts]
+    for (start, end), best in zip(pieces, _max_context(pieces), strict=True):
         ids = head + list(context_ids[start:end]) + list(layout.suffix)
         types = head_types + [layout.context_type] * (end - start) + list(layout.suffix_types)
-        pieces = [(int(a), int(b)) for a, b in offsets[start:end]]
-        spans = [NO_CHAR] * len(head) + pieces + [NO_CHAR] * len(layout.suffix)
+        chars = [(int(a), int(b)) for a, b in offsets[start:end]]
+        spans = [NO_CHAR] * len(head) + chars + [NO_CHAR] * len(layout.suffix)
         start_position = end_position = 0
         if answer_tokens is not None and start <= answer_tokens[0] and answer_tokens[1] < end:
             start_position = len(head) + answer_tokens[0] - start
@@ -182,9 +186,26 @@ def doc_windows(
                 n_context=end - start,
                 start_position=start_position,
                 end_position=end_position,
+                max_context=tuple([False] * len(head) + best + [False] * len(layout.suffix)),
             )
         )
     return windows
+
+
+def _max_context(pieces: Sequence[tuple[int, int]]) -> list[list[bool]]:
+    """Per piece ``[start, end)`` and per token in it: whether no other piece gives the token more context.
+
+    A token's context in a piece is the smaller of its left and right neighbours there, plus a hundredth of
+    the piece's length (BERT's SQuAD rule); the first piece wins a tie. Decoding starts spans only at such
+    tokens, so an answer near a window's edge is read from the window that sees around it.
+    """
+    best: dict[int, tuple[float, int]] = {}
+    for k, (start, end) in enumerate(pieces):
+        for i in range(start, end):
+            score = min(i - start, end - 1 - i) + 0.01 * (end - start)
+            if i not in best or score > best[i][0]:
+                best[i] = (score, k)
+    return [[best[i][1] == k for i in range(start, end)] for k, (start, end) in enumerate(pieces)]
 
 
 def _piece_starts(n_tokens: int, room: int, stride: int) -> list[int]:
