@@ -60,6 +60,35 @@ def test_layout_of_a_bert_tokenizer(tiny_tokenizer: Any) -> None:
     assert (layout.question_type, layout.context_type) == (0, 1)
 
 
+def roberta_style_tokenizer() -> Any:
+    """A word-level fast tokenizer with RoBERTa's post-processor: ``<s> q </s></s> c </s>``, one segment id."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = ("<s>", "<pad>", "</s>", "<unk>", "who", "sat", "the", "cat", "on", "mat")
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    specials = {"cls_token": "<s>", "sep_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
+
+
+def test_windows_follow_a_roberta_style_layout() -> None:
+    tokenizer = roberta_style_tokenizer()
+    layout = PairLayout.from_tokenizer(tokenizer)
+    assert (layout.prefix, layout.middle, layout.suffix) == ((0,), (2, 2), (2,))
+    context = "the cat sat on the mat"
+    question_ids, (context_ids, offsets) = encode(tokenizer, "who sat", context)
+    windows = doc_windows(question_ids, context_ids, offsets, 9, 2, layout, answer=(8, 11))
+    pair = tokenizer("who sat", context, return_token_type_ids=True)
+    assert len(windows) == 3 and windows[0].input_ids == tuple(pair["input_ids"][:8]) + (2,)
+    assert all(w.token_type_ids == (0,) * len(w) for w in windows)
+    for window in windows:
+        if window.has_answer:
+            assert context[slice(*window.char_spans[window.start_position])] == "sat"
+    assert [w.has_answer for w in windows] == [True, True, False]
+
+
 def test_a_window_reads_like_the_tokenizers_own_pair_encoding(tiny_tokenizer: Any) -> None:
     """A context that fits gives one window, token for token what the tokenizer makes of the pair."""
     context = "the cat sat on the mat"
