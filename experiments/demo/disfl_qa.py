@@ -23,7 +23,6 @@ Not in ``prepare.py``'s default suite: the ``span`` task type is not wired into 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -35,10 +34,9 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from data_utils.errors import UserError, exit_on_user_error  # noqa: E402
-from experiments.canonical import read_utf8  # noqa: E402
-from experiments.demo.fetch import BIGBENCH, SourceCache, default_cache_dir  # noqa: E402
+from experiments.demo.fetch import SourceCache, default_cache_dir  # noqa: E402
 from experiments.demo.prepare import SPLITS, positive_int, split_examples, subsample, write_jsonl  # noqa: E402
-from experiments.demo.readers import clean, group_key  # noqa: E402
+from experiments.demo.readers import bigbench_task_examples, clean, group_key  # noqa: E402
 
 TASK = "disfl_qa"
 CONTEXT_MARKER = "\ncontext: "
@@ -70,11 +68,8 @@ def find_answer(context: str, answer: str) -> tuple[int, int] | None:
     return kept[at], kept[at + len(wanted) - 1] + 1
 
 
-def parse_examples(task: dict[str, Any], where: str) -> tuple[list[QAExample], Counter[str]]:
+def parse_examples(examples: list[Any], where: str) -> tuple[list[QAExample], Counter[str]]:
     """BIG-bench's disfl_qa examples -> QA examples; unusable ones are reported, counted and skipped."""
-    examples = task.get("examples")
-    if not isinstance(examples, list):
-        raise UserError(f"{where}: missing key 'examples'")
     rows: list[QAExample] = []
     skipped: Counter[str] = Counter()
     for index, example in enumerate(examples):
@@ -120,15 +115,8 @@ def to_rows(split: str, examples: Sequence[QAExample]) -> list[dict[str, Any]]:
 
 def prepare(cache: SourceCache, output_dir: Path, seed: int, max_train: int | None) -> str:
     """Read, split, subsample and write; returns the summary line."""
-    path = cache.bigbench_task(TASK)
-    where = f"{BIGBENCH.filename}:bigbench/benchmark_tasks/{TASK}/task.json"
-    try:
-        task = json.loads(read_utf8(path))
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(task, dict):
-        raise UserError(f"{where}: expected a JSON object")
-    examples, skipped = parse_examples(task, where)
+    items, where = bigbench_task_examples(cache, TASK)
+    examples, skipped = parse_examples(items, where)
     splits = {split: to_rows(split, rows) for split, rows in split_examples(examples, seed, TASK).items()}
     full_train = len(splits["train"])
     splits["train"] = subsample(splits["train"], max_train, seed, TASK)

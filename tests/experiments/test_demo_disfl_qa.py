@@ -106,13 +106,13 @@ def test_whitespace_insensitive_answer_search() -> None:
 
 
 def test_a_malformed_input_is_one_user_error(tmp_path: Path) -> None:
-    task = {"examples": [{"input": "no marker here", "target": "x"}]}
+    task = [{"input": "no marker here", "target": "x"}]
     with pytest.raises(
         UserError, match=r"examples\[0\]: key 'input': expected '<question>context: <paragraph>'"
     ):
         disfl_qa.parse_examples(task, "task.json")
     with pytest.raises(UserError, match=r"examples\[0\]: key 'target'"):
-        disfl_qa.parse_examples({"examples": [{"input": "q\ncontext: c"}]}, "task.json")
+        disfl_qa.parse_examples([{"input": "q\ncontext: c"}], "task.json")
 
 
 def test_main_prints_the_summary(
