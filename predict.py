@@ -33,7 +33,7 @@ from data_utils.dataset import TaskDataset
 from data_utils.errors import UserError, exit_on_user_error
 from data_utils.prepro import encode_examples
 from data_utils.readers import read_examples
-from data_utils.task_def import TaskDef, parse_task_def
+from data_utils.task_def import TaskDef
 from mt_dnn.distributed import resolve_device
 from mt_dnn.inference import (
     evaluate,
@@ -51,7 +51,7 @@ from mt_dnn.model import (
     usable_positions,
 )
 from mt_dnn.run_data import CacheCheck, collator_for, masking_for
-from mt_dnn.tasks import task_kind
+from mt_dnn.tasks import parse_task_def, task_kind
 
 DEFAULT_MAX_SEQ_LEN = 512
 _SHOWN_SKIPS = 3

@@ -4,7 +4,8 @@ A ``TaskKind`` is the behaviour of one task type, stateless and shared by every 
 it builds, how a batch becomes the model's inputs (mask_lm masks it), how the head's output is read (by the
 loss, the divergence, inference), and what a prediction file says about a row. The model, the objective,
 inference, robustness and predict ask the task's kind (``mt_dnn.tasks.task_kind``) and never switch on the
-type themselves. The YAML keys of a type and their validation are in ``data_utils.task_def``.
+type themselves. Its data side (YAML keys and their validation, labels, cache arrays, batch fields, metrics)
+is the ``data_utils.kinds.DataKind`` part of the same class.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 from torch import Tensor, nn
 
 from data_utils.dataset import Batch
-from data_utils.enums import HeadType, TaskType
+from data_utils.enums import HeadType
+from data_utils.kinds import DataKind
 from data_utils.masking import MaskingSpec
 from data_utils.metrics import predictions_from_scores
 from data_utils.task_def import TaskDef
@@ -124,18 +126,16 @@ class HFExport:
     squeeze: bool = False  # its logits are [B, 1] where ours are [B]
 
 
-class TaskKind(ABC):
-    """The behaviour of one task type. Subclasses are registered once (``mt_dnn.tasks.registry``)."""
+class TaskKind(DataKind, ABC):
+    """The behaviour of one task type, data side (``data_utils.kinds.DataKind``: YAML keys, labels, cache,
+    batches, metrics) and model side (below). Subclasses are registered once (``mt_dnn.tasks.registry``)."""
 
-    task_type: ClassVar[TaskType]
     # The tokenizer's masking spec is needed to prepare its batches (mask_lm).
     needs_masking: ClassVar[bool] = False
     # Robustness evaluation can perturb its inputs (a perturbed masked-LM score is not defined here).
     accepts_perturbation: ClassVar[bool] = True
     # Its predictions fit GLUE's one-value-per-row submission file.
     writes_submission: ClassVar[bool] = True
-    # Its training rows carry their own targets (the text), so a split without labels still trains.
-    self_labelled: ClassVar[bool] = False
     # Continued pre-training rather than a task: adversarial methods take their pre-training defaults
     # (ALUM's alpha of 10) unless the flags or the YAML set them.
     pretraining: ClassVar[bool] = False
@@ -217,7 +217,7 @@ class TaskKind(ABC):
 
     def records(self, task_def: TaskDef, predictions: Predictions) -> list[dict[str, Any]]:
         """One JSON-able dict per row, in input order (``mt_dnn.inference.prediction_records``)."""
-        predicted = predictions_from_scores(task_def.task_type, predictions.scores)
+        predicted = predictions_from_scores(task_def.kind, predictions.scores)
         probabilities = self.probabilities(predictions)
         records: list[dict[str, Any]] = []
         for i, uid in enumerate(predictions.uids):
