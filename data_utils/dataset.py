@@ -287,7 +287,7 @@ class Collator:
             input_ids=torch.from_numpy(input_ids),
             attention_mask=torch.from_numpy(attention_mask),
             token_type_ids=None if token_type_ids is None else torch.from_numpy(token_type_ids),
-            labels=self._labels(task, task_def, rows, n_cands),
+            labels=self._labels(task, task_def, rows, n_cands, width),
             uids=[row.uid for row in rows],
             candidate_mask=candidate_mask,
             extra=kind.collate_extra(task_def, rows, width),
@@ -295,14 +295,14 @@ class Collator:
 
     @staticmethod
     def _labels(
-        task: str, task_def: TaskDef, rows: Sequence[Row], n_cands: np.ndarray
+        task: str, task_def: TaskDef, rows: Sequence[Row], n_cands: np.ndarray, width: int
     ) -> torch.Tensor | None:
         missing = [row.label is None for row in rows]
         if all(missing):
             return None
         if any(missing):
             raise ValueError(f"task '{task}': a batch mixes labelled and unlabelled rows")
-        return task_def.kind.collate_labels(task_def, rows, n_cands)
+        return task_def.kind.collate_labels(task_def, rows, n_cands, width)
 
 
 def _ranks_within(counts: np.ndarray) -> np.ndarray:

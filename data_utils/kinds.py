@@ -165,8 +165,11 @@ class DataKind(ABC):  # noqa: B024 - every hook has a default; a kind overrides 
         """Row ``index``'s kind-specific arrays (from the cache's named arrays); none by default."""
         return {}
 
-    def collate_labels(self, task_def: TaskDef, rows: Sequence[Row], n_sequences: np.ndarray) -> torch.Tensor:
-        """The batch's labels from rows that all have one (``n_sequences``: sequences per row)."""
+    def collate_labels(
+        self, task_def: TaskDef, rows: Sequence[Row], n_sequences: np.ndarray, width: int
+    ) -> torch.Tensor:
+        """The batch's labels from rows that all have one (``n_sequences``: sequences per row; ``width``: the
+        batch's padded sequence length)."""
         labels = np.array([row.label for row in rows], dtype=np.int64)
         bound = n_sequences if self.multi_sequence else task_def.n_class
         bad = np.flatnonzero((labels < 0) | (labels >= bound))

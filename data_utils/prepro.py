@@ -100,7 +100,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
     }
 
 
-def _check_max_seq_len(tokenizer: Any, task_def: TaskDef, max_seq_len: int) -> None:
+def check_max_seq_len(tokenizer: Any, task_def: TaskDef, max_seq_len: int) -> None:
     pair = task_def.data_format is not DataFormat.PREMISE_ONLY
     needed = tokenizer.num_special_tokens_to_add(pair=pair) + (2 if pair else 1)
     if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < needed:
@@ -140,7 +140,7 @@ def encode_examples(
         raise UserError(f"{type(tokenizer).__name__} is a slow tokenizer; preprocessing needs a fast one")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    _check_max_seq_len(tokenizer, task_def, max_seq_len)
+    check_max_seq_len(tokenizer, task_def, max_seq_len)
 
     firsts, seconds, seqs_per_row = _pairs(examples, task_def.data_format)
     n_rows = len(examples)
@@ -360,7 +360,7 @@ def preprocess(
 
     tokenizer = load_tokenizer(tokenizer_path)
     for task_def in selected:
-        _check_max_seq_len(tokenizer, task_def, max_seq_len)
+        check_max_seq_len(tokenizer, task_def, max_seq_len)
     fingerprint = tokenizer_fingerprint(tokenizer)
     cache_dir = root / (cache_name or default_cache_name(tokenizer_path))
     manifest = read_manifest(cache_dir)

@@ -4,7 +4,13 @@ Importing this package registers the built-in kinds; each lives in its own modul
 ``parse_task_def`` parse task definitions with them registered.
 """
 
-from mt_dnn.tasks import classification, mask_lm, ranking, regression  # noqa: F401 - they register
+from mt_dnn.tasks import (  # noqa: F401 - they register
+    classification,
+    mask_lm,
+    ranking,
+    regression,
+    sequence_labeling,
+)
 from mt_dnn.tasks.base import (
     BatchScores,
     BatchShape,

@@ -41,6 +41,7 @@ __all__ = [
     "TaskKind",
     "as_float_list",
     "assemble_rows",
+    "assemble_token_rows",
 ]
 
 Forward = Callable[..., Tensor]
@@ -89,8 +90,8 @@ class Predictions:
 
     ``labels``: gold class / candidate indices (int64) or scores (float32), ``None`` when unlabelled.
     ``n_candidates``: the real candidates of each ranking row (int64 ``[N]``); ``None`` for other tasks.
-    ``n_masked``: the masked tokens of each mask_lm row (int64 ``[N]``; ``scores`` and ``labels`` hold its
-    tokens row by row); ``None`` for other tasks.
+    ``n_masked``: the tokens of each row for per-token kinds (int64 ``[N]``): mask_lm's masked tokens,
+    sequence labeling's words; ``scores`` and ``labels`` hold them row by row. ``None`` for other tasks.
     """
 
     task: str
@@ -296,6 +297,45 @@ def assemble_rows(
         scores=scores,
         labels=labels,
         n_candidates=n_candidates,
+    )
+
+
+def assemble_token_rows(
+    task_def: TaskDef, outputs: Sequence[BatchScores], n_rows: int, *, width: int
+) -> Predictions:
+    """Scatter per-token batch results (``n_masked``: each row's tokens; ``scores`` ``[tokens, width]``) back
+    in input order, a row's tokens kept together (mask_lm's masked tokens, sequence labeling's words)."""
+    uids: list[str | None] = [None] * n_rows
+    counts = np.full(n_rows, -1, dtype=np.int64)
+    pieces: list[tuple[np.ndarray, np.ndarray | None] | None] = [None] * n_rows
+    labelled = [output.labels is not None for output in outputs]
+    if any(labelled) and not all(labelled):
+        raise ValueError(f"task '{task_def.name}': some batches have labels and some do not")
+    for output in outputs:
+        assert output.n_masked is not None
+        starts = np.concatenate([[0], np.cumsum(output.n_masked)])
+        for j, row in enumerate(output.indices.tolist()):
+            if counts[row] >= 0:
+                raise ValueError(f"task '{task_def.name}': row {row} was predicted twice")
+            counts[row] = output.n_masked[j]
+            uids[row] = output.uids[j]
+            span = slice(int(starts[j]), int(starts[j + 1]))
+            pieces[row] = (output.scores[span], None if output.labels is None else output.labels[span])
+    if (counts < 0).any():
+        missing = int(np.flatnonzero(counts < 0)[0])
+        raise ValueError(f"task '{task_def.name}': row {missing} was never predicted")
+    parts = [piece for piece in pieces if piece is not None]
+    scores = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, width), np.float32)
+    labels: np.ndarray | None = None
+    if not outputs or all(labelled):
+        gold = [p[1] for p in parts if p[1] is not None]
+        labels = np.concatenate(gold) if gold else np.zeros(0, np.int64)
+    return Predictions(
+        task=task_def.name,
+        uids=[str(uid) for uid in uids],
+        scores=scores.reshape(-1, width).astype(np.float32),
+        labels=labels,
+        n_masked=counts,
     )
 
 

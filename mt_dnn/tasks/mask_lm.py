@@ -37,6 +37,7 @@ from mt_dnn.tasks.base import (
     ModelInputs,
     Predictions,
     TaskKind,
+    assemble_token_rows,
 )
 from mt_dnn.tasks.registry import register_task_kind
 
@@ -220,32 +221,7 @@ class MaskLM(TaskKind):
 
     def assemble(self, task_def: TaskDef, outputs: Sequence[BatchScores], n_rows: int) -> Predictions:
         """Each row's masked tokens back in input order (a row's tokens stay together)."""
-        uids: list[str | None] = [None] * n_rows
-        counts = np.full(n_rows, -1, dtype=np.int64)
-        pieces: list[tuple[np.ndarray, np.ndarray] | None] = [None] * n_rows
-        for output in outputs:
-            assert output.n_masked is not None and output.labels is not None
-            starts = np.concatenate([[0], np.cumsum(output.n_masked)])
-            for j, row in enumerate(output.indices.tolist()):
-                if counts[row] >= 0:
-                    raise ValueError(f"task '{task_def.name}': row {row} was predicted twice")
-                counts[row] = output.n_masked[j]
-                uids[row] = output.uids[j]
-                span = slice(int(starts[j]), int(starts[j + 1]))
-                pieces[row] = (output.scores[span], output.labels[span])
-        if (counts < 0).any():
-            missing = int(np.flatnonzero(counts < 0)[0])
-            raise ValueError(f"task '{task_def.name}': row {missing} was never predicted")
-        parts = [piece for piece in pieces if piece is not None]
-        scores = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 2), np.float32)
-        labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
-        return Predictions(
-            task=task_def.name,
-            uids=[str(uid) for uid in uids],
-            scores=scores.reshape(-1, 2).astype(np.float32),
-            labels=labels,
-            n_masked=counts,
-        )
+        return assemble_token_rows(task_def, outputs, n_rows, width=2)
 
     def records(self, task_def: TaskDef, predictions: Predictions) -> list[dict[str, Any]]:
         """Per row its masked tokens: ``prediction`` and ``label`` are lists of token ids, in token order."""

@@ -55,7 +55,9 @@ class Regression(TaskKind):
         score = float(split.labels[index])
         return None if np.isnan(score) else score
 
-    def collate_labels(self, task_def: TaskDef, rows: Sequence[Row], n_sequences: np.ndarray) -> Tensor:
+    def collate_labels(
+        self, task_def: TaskDef, rows: Sequence[Row], n_sequences: np.ndarray, width: int
+    ) -> Tensor:
         return torch.from_numpy(np.array([row.label for row in rows], dtype=np.float32))
 
     def validate_scores(self, scores: np.ndarray) -> np.ndarray:
