@@ -49,13 +49,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from data_utils.dataset import Batch  # noqa: E402
-from data_utils.task_def import parse_task_def  # noqa: E402
 from experiments.bench.memory import peak_memory_mb, reset_peak_memory  # noqa: E402
 from module.losses import cross_entropy, sym_kl  # noqa: E402
 from mt_dnn.config import TrainConfig  # noqa: E402
 from mt_dnn.model import MTDNNModel  # noqa: E402
 from mt_dnn.objective import TrainingObjective  # noqa: E402
 from mt_dnn.optim import build_optimizer  # noqa: E402
+from mt_dnn.tasks import parse_task_def  # noqa: E402
 
 TASK = "bench"
 TASK_ENTRY = {"task_type": "classification", "data_format": "premise_only", "n_class": 3, "metrics": ["acc"]}
