@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 from data_utils.enums import TaskType  # noqa: E402
 from data_utils.errors import UserError, exit_on_user_error  # noqa: E402
-from data_utils.task_def import TaskDef, load_task_defs  # noqa: E402
+from data_utils.task_def import TaskDef  # noqa: E402
 from experiments.demo.fetch import SourceCache, default_cache_dir  # noqa: E402
 from experiments.demo.readers import (  # noqa: E402
     Example,
@@ -41,6 +41,7 @@ from experiments.demo.readers import (  # noqa: E402
     read_vader_movie,
     read_vitaminc,
 )
+from mt_dnn.tasks import load_task_defs  # noqa: E402
 
 TASK_DEF = Path(__file__).with_name("demo_task_def.yml")
 SPLITS = ("train", "dev", "test")
