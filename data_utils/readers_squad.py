@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_utils.errors import UserError
+from data_utils.readers import ReadResult
 
-__all__ = ["SQUAD_SUFFIXES", "SpanAnswer", "SpanExample", "SpanReadResult", "read_squad"]
+__all__ = ["SQUAD_SUFFIXES", "SpanAnswer", "SpanExample", "read_squad"]
 
 SQUAD_SUFFIXES: tuple[str, ...] = (".json", ".jsonl")
 _SHOWN = 40  # characters of a text shown in a message
@@ -57,16 +58,6 @@ class SpanExample:
         return self.answers == ()
 
 
-@dataclass(frozen=True)
-class SpanReadResult:
-    """The questions of a file, whether they are labelled, and the sha256 and size of the bytes read."""
-
-    examples: list[SpanExample]
-    has_labels: bool
-    source_sha256: str = ""
-    source_bytes: int = 0
-
-
 class _Problem(Exception):
     """A problem with one question; the caller adds the file and where."""
 
@@ -74,8 +65,10 @@ class _Problem(Exception):
         super().__init__(f"field '{key}': {problem}" if key else problem)
 
 
-def read_squad(path: str | Path) -> SpanReadResult:
-    """Read one split file in SQuAD's JSON or the flat JSONL form."""
+def read_squad(path: str | Path, *, skip_bad_rows: bool = False) -> ReadResult:
+    """Read one split file in SQuAD's JSON or the flat JSONL form; ``ReadResult.examples`` holds
+    ``SpanExample``s. With ``skip_bad_rows`` a bad question (or a duplicate id) is left out and its message
+    kept in ``ReadResult.skipped``; a broken file, a labelled/unlabelled mix and no question stay fatal."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SQUAD_SUFFIXES:
@@ -88,30 +81,47 @@ def read_squad(path: str | Path) -> SpanReadResult:
         raise UserError(f"{path}: cannot read: {error.strerror or error}") from None
     rows = _squad_rows(path, raw) if suffix == ".json" else _jsonl_rows(path, raw)
     examples: list[SpanExample] = []
+    skipped: list[str] = []
     first: dict[str, str] = {}  # uid -> where it was first read
     has_labels: bool | None = None
-    for where, example in rows:
-        if example.uid in first:
-            raise UserError(f"{path}: {where}: field 'id': duplicate id (first at {first[example.uid]})")
-        labelled = example.answers is not None
+    for prefix, place, item in rows:
+        if isinstance(item, SpanExample) and item.uid in first:
+            item = f"{prefix}: field 'id': duplicate id {item.uid!r} (first at {first[item.uid]})"
+        if isinstance(item, str):
+            if not skip_bad_rows:
+                raise UserError(item)
+            skipped.append(item)
+            continue
+        labelled = item.answers is not None
         if has_labels is not None and labelled != has_labels:
             state = "labelled" if has_labels else "unlabelled"
             raise UserError(
-                f"{path}: {where}: field 'answers': {'given' if labelled else 'missing'}, but earlier"
+                f"{prefix}: field 'answers': {'given' if labelled else 'missing'}, but earlier"
                 f" questions are {state} (a split is either all labelled or all unlabelled)"
             )
         has_labels = labelled
-        first[example.uid] = where
-        examples.append(example)
+        first[item.uid] = place
+        examples.append(item)
     if not examples:
-        raise UserError(f"{path}: no questions")
-    return SpanReadResult(examples, bool(has_labels), hashlib.sha256(raw).hexdigest(), len(raw))
+        why = f" ({len(skipped)} bad questions skipped; first: {skipped[0]})" if skipped else ""
+        raise UserError(f"{path}: no questions{why}")
+    return ReadResult(
+        examples=examples,  # type: ignore[arg-type]  # a span kind's examples
+        skipped=skipped,
+        has_labels=bool(has_labels),
+        source_sha256=hashlib.sha256(raw).hexdigest(),
+        source_bytes=len(raw),
+    )
+
+
+_Row = tuple[str, str, "SpanExample | str"]
+"""(the prefix of its messages, where it is, the question or the message of its problem)."""
 
 
 # --- SQuAD JSON ------------------------------------------------------------------------------------------
 
 
-def _squad_rows(path: Path, raw: bytes) -> Iterator[tuple[str, SpanExample]]:
+def _squad_rows(path: Path, raw: bytes) -> Iterator[_Row]:
     document = _parse_json(path, raw)
     data = document.get("data") if isinstance(document, dict) else None
     if not isinstance(data, list):
@@ -139,11 +149,13 @@ def _squad_rows(path: Path, raw: bytes) -> Iterator[tuple[str, SpanExample]]:
                 try:
                     uid = _uid(qa)
                 except _Problem as problem:
-                    raise UserError(f"{path}: {where}: {problem}") from None
+                    yield f"{path}: {where}", where, f"{path}: {where}: {problem}"
+                    continue
+                prefix = f"{path}: qa '{uid}'"
                 try:
-                    yield f"qa '{uid}'", _squad_example(uid, qa, context)
+                    yield prefix, where, _squad_example(uid, qa, context)
                 except _Problem as problem:
-                    raise UserError(f"{path}: qa '{uid}': {problem}") from None
+                    yield prefix, where, f"{prefix}: {problem}"
 
 
 def _squad_example(uid: str, qa: dict[str, object], context: str) -> SpanExample:
@@ -190,16 +202,16 @@ def _parse_json(path: Path, raw: bytes) -> object:
 # --- flat JSONL ------------------------------------------------------------------------------------------
 
 
-def _jsonl_rows(path: Path, raw: bytes) -> Iterator[tuple[str, SpanExample]]:
+def _jsonl_rows(path: Path, raw: bytes) -> Iterator[_Row]:
     lines = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
     for line_no, line in enumerate(lines.split(b"\n"), 1):
         if not line.strip():
             continue
-        where = f"line {line_no}"
+        prefix = f"{path}:{line_no}"
         try:
-            yield where, _jsonl_example(line)
+            yield prefix, f"line {line_no}", _jsonl_example(line)
         except _Problem as problem:
-            raise UserError(f"{path}:{line_no}: {problem}") from None
+            yield prefix, f"line {line_no}", f"{prefix}: {problem}"
 
 
 def _jsonl_example(line: bytes) -> SpanExample:

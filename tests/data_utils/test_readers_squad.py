@@ -116,7 +116,7 @@ def first_qa(document: dict[str, Any]) -> dict[str, Any]:
         ),
         (
             lambda d: first_qa(d).update(id="moth-1"),
-            "qa 'moth-1': field 'id': duplicate id (first at qa 'moth-1')",
+            "qa 'moth-1': field 'id': duplicate id 'moth-1' (first at data[0].paragraphs[0].qas[0])",
         ),
         (
             lambda d: first_qa(d).pop("answers") and first_qa(d).pop("is_impossible"),
@@ -135,7 +135,8 @@ def test_the_duplicate_message_names_the_first_occurrence(tmp_path: Path) -> Non
     document = squad_document()
     document["data"][0]["paragraphs"][1]["qas"][0]["id"] = "mill-1"
     path = write_json(tmp_path, document)
-    assert error_of(path) == f"{path}: qa 'mill-1': field 'id': duplicate id (first at qa 'mill-1')"
+    expected = "qa 'mill-1': field 'id': duplicate id 'mill-1' (first at data[0].paragraphs[0].qas[0])"
+    assert error_of(path) == f"{path}: {expected}"
 
 
 def test_bad_json_names_the_line(tmp_path: Path) -> None:
@@ -189,7 +190,7 @@ def test_jsonl_duplicate_id_names_both_lines(tmp_path: Path) -> None:
         '{"id": "q0", "question": "What?", "context": "a b", "answers": {"text": ["a"], "answer_start": [0]}}'
     )
     path.write_text(row + "\n" + row + "\n", encoding="utf-8")
-    assert error_of(path) == f"{path}: line 2: field 'id': duplicate id (first at line 1)"
+    assert error_of(path) == f"{path}:2: field 'id': duplicate id 'q0' (first at line 1)"
 
 
 @pytest.mark.parametrize(
@@ -208,3 +209,31 @@ def test_file_level_mistakes(tmp_path: Path, name: str, content: str | bytes, ex
 
 def test_a_missing_file_is_one_line(tmp_path: Path) -> None:
     assert error_of(tmp_path / "nope.json") == f"{tmp_path / 'nope.json'}: no such file"
+
+
+def test_skip_bad_rows_keeps_the_good_questions_and_the_messages(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.jsonl"
+    good = (
+        '{"id": "q0", "question": "What?", "context": "a b", "answers": {"text": ["b"], "answer_start": [2]}}'
+    )
+    bad = (
+        '{"id": "q1", "question": "What?", "context": "a b", "answers": {"text": ["b"], "answer_start": [0]}}'
+    )
+    path.write_text("\n".join([good, bad, "{", good]) + "\n", encoding="utf-8")
+    result = read_squad(path, skip_bad_rows=True)
+    assert [e.uid for e in result.examples] == ["q0"]
+    assert [m.split(": ", 2)[1] for m in result.skipped] == ["qa 'q1'", "invalid JSON", "field 'id'"]
+    assert result.skipped[0].startswith(f"{path}:2: ") and result.skipped[2].startswith(f"{path}:4: ")
+    with pytest.raises(UserError, match=r"no questions \(1 bad questions skipped; first: "):
+        path.write_text(bad + "\n", encoding="utf-8")
+        read_squad(path, skip_bad_rows=True)
+
+
+def test_skip_bad_rows_in_squad_json(tmp_path: Path) -> None:
+    document = squad_document()
+    first_qa(document)["answers"][0]["answer_start"] = 0
+    document["data"][0]["paragraphs"][1]["qas"][0].pop("id")
+    result = read_squad(write_json(tmp_path, document), skip_bad_rows=True)
+    assert [e.uid for e in result.examples] == ["mill-2"]
+    assert "qa 'mill-1': field 'answers[0].answer_start'" in result.skipped[0]
+    assert "data[0].paragraphs[1].qas[0]: field 'id': missing" in result.skipped[1]

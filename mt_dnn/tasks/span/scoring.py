@@ -21,8 +21,10 @@ _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 class SpanMetric(StrEnum):
-    EXACT_MATCH = "em"
-    F1 = "f1"
+    """Names distinct from the metric registry's others (``f1`` is binary F1, ``span_f1`` seqeval's)."""
+
+    EXACT_MATCH = "exact_match"
+    F1 = "squad_f1"
 
 
 def normalize_answer(text: str) -> str:
