@@ -483,3 +483,26 @@ def test_adversarial_training_runs_on_the_span_head(tiny_tokenizer: Any, method_
     assert step.delta[batch["attention_mask"] == 1].abs().sum() > 0
     gradient = encoder.get_input_embeddings().weight.grad
     assert gradient is not None and gradient.abs().sum() > 0
+
+
+def test_flattened_outputs_make_the_generic_losses_the_span_loss_and_divergence() -> None:
+    """What the wiring can rely on: with the head's ``[N, 2, L]`` flattened to ``[2N, L]`` (start and end
+    rows of each window in turn), labels ``[2N]`` and the span mask repeated per row, the objective's
+    generic ``task_loss('rank_cross_entropy', ...)`` is ``span_loss`` and ``divergence`` is
+    ``span_divergence``: no loss hook is needed."""
+    from module.losses import divergence, task_loss
+
+    torch.manual_seed(4)
+    head = SpanHead(8, 0.0)
+    mask = torch.rand(3, 7) > 0.4
+    mask[:, 0] = True
+    hidden = torch.randn(3, 7, 8)
+    logits = head(hidden, torch.ones(3, 7), None, span_mask=mask)
+    other = head(hidden + 0.5 * torch.randn_like(hidden), torch.ones(3, 7), None, span_mask=mask)
+    positions = torch.stack([torch.multinomial(m.float(), 2, replacement=True) for m in mask])
+    positions = positions.sort(dim=1).values
+    flat, rows = logits.reshape(-1, 7), mask.repeat_interleave(2, dim=0)
+    generic = task_loss("rank_cross_entropy", flat, positions.reshape(-1), mask=rows)
+    assert generic.item() == pytest.approx(span_loss(logits, positions).item(), rel=1e-6)
+    generic_kl = divergence("sym_kl", flat, other.reshape(-1, 7), mask=rows)
+    assert generic_kl.item() == pytest.approx(span_divergence(logits, other, mask).item(), rel=1e-6)
