@@ -11,6 +11,7 @@ import torch
 
 from mt_dnn.tasks.span import (
     NO_CHAR,
+    UNLABELLED,
     PairLayout,
     SpanHead,
     SpanMetric,
@@ -20,6 +21,8 @@ from mt_dnn.tasks.span import (
     doc_windows,
     exact_match,
     normalize_answer,
+    pack_windows,
+    question_windows,
     span_divergence,
     span_f1,
     span_loss,
@@ -506,3 +509,56 @@ def test_flattened_outputs_make_the_generic_losses_the_span_loss_and_divergence(
     assert generic.item() == pytest.approx(span_loss(logits, positions).item(), rel=1e-6)
     generic_kl = divergence("sym_kl", flat, other.reshape(-1, 7), mask=rows)
     assert generic_kl.item() == pytest.approx(span_divergence(logits, other, mask).item(), rel=1e-6)
+
+
+# --- windows <-> cache arrays ----------------------------------------------------------------------------
+
+
+def three_questions(tokenizer: Any) -> list[list[Window]]:
+    layout = PairLayout.from_tokenizer(tokenizer)
+    answer = (CONTEXT.index(ANSWER), CONTEXT.index(ANSWER) + len(ANSWER))
+    asked = [
+        (QUESTION, CONTEXT, answer),
+        ("who sat?", "the cat sat on the mat", (0, 7)),
+        ("why?", CONTEXT, None),
+    ]
+    return [question_windows(tokenizer, layout, q, c, a, max_seq_len=24, doc_stride=6) for q, c, a in asked]
+
+
+def test_windows_survive_the_flat_arrays(tiny_tokenizer: Any) -> None:
+    per_question = three_questions(tiny_tokenizer)
+    arrays = pack_windows(per_question)
+    flat = [w for question in per_question for w in question]
+    assert len(arrays) == len(flat) and [arrays.window(i) for i in range(len(flat))] == flat
+    groups = arrays.by_example()
+    assert [len(g) for g in groups] == [len(q) for q in per_question]
+    assert [arrays.window(int(i)) for i in groups[2]] == per_question[2]
+    assert all(a.ndim == 1 for a in (*arrays.extras().values(), arrays.input_ids, arrays.start_positions))
+    assert (arrays.char_starts >= 0).sum() == sum(w.n_context for w in flat)
+
+
+def test_unlabelled_windows_carry_minus_one(tiny_tokenizer: Any) -> None:
+    arrays = pack_windows(three_questions(tiny_tokenizer), labelled=False)
+    assert (arrays.start_positions == UNLABELLED).all() and (arrays.end_positions == UNLABELLED).all()
+    assert not arrays.window(0).has_answer
+
+
+def test_the_arrays_make_a_valid_cache_split(tiny_tokenizer: Any, tmp_path: Any) -> None:
+    from data_utils.cache import EncodedSplit, load_split, write_split
+
+    arrays = pack_windows(three_questions(tiny_tokenizer))
+    n = len(arrays)
+    split = EncodedSplit(
+        input_ids=arrays.input_ids,
+        seq_offsets=arrays.seq_offsets,
+        row_offsets=np.arange(n + 1, dtype=np.int64),
+        labels=arrays.start_positions,
+        uids=np.array([f"w{i}" for i in range(n)]),
+        token_type_ids=arrays.token_type_ids,
+        meta={"task": "qa", "split": "dev"},
+        extras=arrays.extras(),
+    )
+    write_split(tmp_path / "qa_dev", split)
+    loaded = load_split(tmp_path / "qa_dev")
+    for name, array in arrays.extras().items():
+        assert np.array_equal(loaded.extras[name], array), name

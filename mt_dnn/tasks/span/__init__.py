@@ -2,12 +2,14 @@
 
 - ``head``: the start/end head, its loss and its adversarial divergence;
 - ``windows``: doc-stride windows over long contexts, with each token's context characters;
+- ``arrays``: a split's windows <-> the flat 1-D arrays of the token-id cache;
 - ``decoding``: an example's windows' logits -> its best answer text;
 - ``scoring``: SQuAD's exact match and F1.
 
 The ``TaskKind`` that composes them waits for the data-kind protocol (docs/span_wiring.md says how).
 """
 
+from mt_dnn.tasks.span.arrays import UNLABELLED, WindowArrays, pack_windows, question_windows
 from mt_dnn.tasks.span.decoding import SpanCandidate, SpanPrediction, decode_example
 from mt_dnn.tasks.span.head import SpanHead, span_divergence, span_loss
 from mt_dnn.tasks.span.scoring import SpanMetric, exact_match, normalize_answer, span_f1, squad_scores
@@ -23,6 +25,7 @@ from mt_dnn.tasks.span.windows import (
 
 __all__ = [
     "NO_CHAR",
+    "UNLABELLED",
     "CharSpan",
     "PairLayout",
     "SpanCandidate",
@@ -30,11 +33,14 @@ __all__ = [
     "SpanMetric",
     "SpanPrediction",
     "Window",
+    "WindowArrays",
     "answer_token_span",
     "decode_example",
     "doc_windows",
     "exact_match",
     "normalize_answer",
+    "pack_windows",
+    "question_windows",
     "span_divergence",
     "span_f1",
     "span_loss",
