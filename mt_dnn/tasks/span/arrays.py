@@ -49,15 +49,7 @@ class WindowArrays:
 
     def extras(self) -> dict[str, np.ndarray]:
         """The arrays beyond a cache split's own (ids, types, offsets; ``start_positions`` as its labels)."""
-        names = (
-            "char_starts",
-            "char_ends",
-            "max_context",
-            "end_positions",
-            "context_starts",
-            "example_index",
-        )
-        return {name: getattr(self, name) for name in names}
+        return {name: getattr(self, name) for name in _EXTRAS}
 
     def window(self, i: int) -> Window:
         """Window ``i`` back as a ``Window`` (unlabelled positions read as 0, no answer; a window without
