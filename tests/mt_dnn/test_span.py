@@ -19,14 +19,15 @@ from mt_dnn.tasks.span import (
     answer_token_span,
     decode_example,
     doc_windows,
+    encode_questions,
     exact_match,
     normalize_answer,
     pack_windows,
-    question_windows,
     span_divergence,
     span_f1,
     span_loss,
     squad_scores,
+    tokenize_texts,
     tokenize_with_offsets,
 )
 from tests.mt_dnn.conftest import tiny_bert_config
@@ -522,7 +523,18 @@ def three_questions(tokenizer: Any) -> list[list[Window]]:
         ("who sat?", "the cat sat on the mat", (0, 7)),
         ("why?", CONTEXT, None),
     ]
-    return [question_windows(tokenizer, layout, q, c, a, max_seq_len=24, doc_stride=6) for q, c, a in asked]
+    return encode_questions(tokenizer, layout, asked, max_seq_len=24, doc_stride=6, batch_size=2)
+
+
+def test_encode_questions_is_doc_windows_of_each_question(tiny_tokenizer: Any) -> None:
+    per_question = three_questions(tiny_tokenizer)
+    assert per_question[0] == windows_of(tiny_tokenizer)[0]
+    assert len(per_question[2]) > 1 and not any(w.has_answer for w in per_question[2])
+    assert len(per_question[1]) == 1  # a short context fits one window
+    assert tokenize_texts(tiny_tokenizer, ["the cat", "a dog"]) == [
+        tokenize_with_offsets(tiny_tokenizer, "the cat"),
+        tokenize_with_offsets(tiny_tokenizer, "a dog"),
+    ]
 
 
 def test_windows_survive_the_flat_arrays(tiny_tokenizer: Any) -> None:

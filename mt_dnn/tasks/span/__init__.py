@@ -9,7 +9,7 @@
 The ``TaskKind`` that composes them waits for the data-kind protocol (docs/span_wiring.md says how).
 """
 
-from mt_dnn.tasks.span.arrays import UNLABELLED, WindowArrays, pack_windows, question_windows
+from mt_dnn.tasks.span.arrays import UNLABELLED, WindowArrays, encode_questions, pack_windows
 from mt_dnn.tasks.span.decoding import SpanCandidate, SpanPrediction, decode_example
 from mt_dnn.tasks.span.head import SpanHead, span_divergence, span_loss
 from mt_dnn.tasks.span.scoring import SpanMetric, exact_match, normalize_answer, span_f1, squad_scores
@@ -20,6 +20,7 @@ from mt_dnn.tasks.span.windows import (
     Window,
     answer_token_span,
     doc_windows,
+    tokenize_texts,
     tokenize_with_offsets,
 )
 
@@ -37,13 +38,14 @@ __all__ = [
     "answer_token_span",
     "decode_example",
     "doc_windows",
+    "encode_questions",
     "exact_match",
     "normalize_answer",
     "pack_windows",
-    "question_windows",
     "span_divergence",
     "span_f1",
     "span_loss",
     "squad_scores",
+    "tokenize_texts",
     "tokenize_with_offsets",
 ]

@@ -1,4 +1,4 @@
-"""A split's windows <-> the flat 1-D arrays the token-id cache stores, and one question -> its windows.
+"""A split's windows <-> the flat 1-D arrays the token-id cache stores, and questions -> their windows.
 
 The cache keeps every array 1-D (``data_utils.cache``), so a window's parts are spread over per-token arrays
 (``input_ids``, ``token_type_ids``, ``char_starts``, ``char_ends``, ``max_context``, cut by ``seq_offsets``)
@@ -14,16 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from mt_dnn.tasks.span.windows import (
-    NO_CHAR,
-    CharSpan,
-    PairLayout,
-    Window,
-    doc_windows,
-    tokenize_with_offsets,
-)
+from mt_dnn.tasks.span.windows import NO_CHAR, CharSpan, PairLayout, Window, doc_windows, tokenize_texts
 
-__all__ = ["UNLABELLED", "WindowArrays", "pack_windows", "question_windows"]
+__all__ = ["UNLABELLED", "WindowArrays", "encode_questions", "pack_windows"]
 
 UNLABELLED = -1
 _EXTRAS = ("char_starts", "char_ends", "max_context", "end_positions", "context_starts", "example_index")
@@ -81,30 +74,46 @@ class WindowArrays:
         return [order[bounds[q] : bounds[q + 1]] for q in range(n_examples)]
 
 
-def question_windows(
+def encode_questions(
     tokenizer: Any,
     layout: PairLayout,
-    question: str,
-    context: str,
-    answer: CharSpan | None,
+    questions: Sequence[tuple[str, str, CharSpan | None]],
     *,
     max_seq_len: int,
     doc_stride: int,
     max_question_len: int = 64,
-) -> list[Window]:
-    """Tokenize one question and its context (with offsets) and cut them into windows."""
-    question_ids, _ = tokenize_with_offsets(tokenizer, question)
-    context_ids, offsets = tokenize_with_offsets(tokenizer, context)
-    return doc_windows(
-        question_ids,
-        context_ids,
-        offsets,
-        max_seq_len,
-        doc_stride,
-        layout,
-        answer=answer,
-        max_question_len=max_question_len,
-    )
+    batch_size: int = 1024,
+) -> list[list[Window]]:
+    """``(question, context, answer characters or None)`` -> each question's windows.
+
+    Questions and contexts are tokenized in batches, each distinct context once (SQuAD asks about five
+    questions per paragraph)."""
+    contexts = list(dict.fromkeys(context for _, context, _ in questions))
+    tokenized = _batched(tokenizer, contexts, batch_size)
+    by_context = dict(zip(contexts, tokenized, strict=True))
+    asked = _batched(tokenizer, [question for question, _, _ in questions], batch_size)
+    windows = []
+    for (question_ids, _), (_, context, answer) in zip(asked, questions, strict=True):
+        context_ids, offsets = by_context[context]
+        windows.append(
+            doc_windows(
+                question_ids,
+                context_ids,
+                offsets,
+                max_seq_len,
+                doc_stride,
+                layout,
+                answer=answer,
+                max_question_len=max_question_len,
+            )
+        )
+    return windows
+
+
+def _batched(tokenizer: Any, texts: list[str], size: int) -> list[tuple[list[int], list[CharSpan]]]:
+    return [
+        piece for i in range(0, len(texts), size) for piece in tokenize_texts(tokenizer, texts[i : i + size])
+    ]
 
 
 def pack_windows(per_question: Sequence[Sequence[Window]], *, labelled: bool = True) -> WindowArrays:

@@ -25,6 +25,7 @@ __all__ = [
     "Window",
     "answer_token_span",
     "doc_windows",
+    "tokenize_texts",
     "tokenize_with_offsets",
 ]
 
@@ -115,9 +116,17 @@ class Window:
 
 def tokenize_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[CharSpan]]:
     """A text's token ids without special tokens and each token's characters (a fast tokenizer's offsets)."""
+    return tokenize_texts(tokenizer, [text])[0]
+
+
+def tokenize_texts(tokenizer: Any, texts: Sequence[str]) -> list[tuple[list[int], list[CharSpan]]]:
+    """``tokenize_with_offsets`` of many texts in one batched call of the fast tokenizer."""
     # verbose=False: a long context is the point here, not a mistake to warn about
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-    return list(encoding["input_ids"]), [(int(a), int(b)) for a, b in encoding["offset_mapping"]]
+    encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    return [
+        (list(ids), [(int(a), int(b)) for a, b in offsets])
+        for ids, offsets in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True)
+    ]
 
 
 def answer_token_span(offsets: Sequence[CharSpan], answer: CharSpan) -> tuple[int, int] | None:
