@@ -16,7 +16,6 @@ text (a duplicated sentence stays in one split); ``--max_train`` keeps a seeded 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from collections.abc import Sequence
@@ -27,10 +26,9 @@ if __package__ in (None, ""):
 
 from data_utils.atomic import atomic_write_text  # noqa: E402
 from data_utils.errors import UserError, exit_on_user_error  # noqa: E402
-from experiments.canonical import read_utf8  # noqa: E402
 from experiments.demo.fetch import SourceCache, default_cache_dir  # noqa: E402
 from experiments.demo.prepare import SPLITS, split_examples  # noqa: E402
-from experiments.demo.readers import Example, group_key  # noqa: E402
+from experiments.demo.readers import Example, bigbench_task_examples, group_key  # noqa: E402
 
 TASK = "polish_ner"
 SOURCE_TASK = "polish_sequence_labeling"
@@ -50,17 +48,10 @@ def io_to_bio(tags: Sequence[str]) -> list[str]:
     return out
 
 
-def read_sentences(task_json: Path) -> tuple[list[Example], int]:
+def read_sentences(cache: SourceCache) -> tuple[list[Example], int]:
     """The source's sentences as examples (``premise`` the words, space-joined; ``label`` their BIO tags) and
     how many empty ones were left out."""
-    where = f"bigbench/benchmark_tasks/{SOURCE_TASK}/task.json"
-    try:
-        data = json.loads(read_utf8(task_json))
-    except json.JSONDecodeError as error:
-        raise UserError(f"{task_json}: not valid JSON ({error})") from None
-    examples = data.get("examples") if isinstance(data, dict) else None
-    if not isinstance(examples, list):
-        raise UserError(f"{where}: missing key 'examples'")
+    examples, where = bigbench_task_examples(cache, SOURCE_TASK)
     out: list[Example] = []
     empty = 0
     for index, example in enumerate(examples):
@@ -94,7 +85,7 @@ def prepare(
 ) -> dict[str, int]:
     """Write ``polish_ner_<split>.conll`` into ``output_dir``; returns the sentences per split and the empty
     source sentences left out (``empty``)."""
-    examples, empty = read_sentences(cache.bigbench_task(SOURCE_TASK))
+    examples, empty = read_sentences(cache)
     splits = split_examples(examples, seed, TASK)
     if max_train is not None and len(splits["train"]) > max_train:
         keep = sorted(
