@@ -78,11 +78,10 @@ def _tag_sequences(ids: np.ndarray, context: MetricContext) -> list[list[str]]:
 
 
 def _span_metric(name: str) -> Any:
-    from seqeval import metrics as seqeval_metrics
-
-    fn = getattr(seqeval_metrics, name)
-
     def metric(scores: np.ndarray, labels: np.ndarray, context: MetricContext) -> float:
+        from seqeval import metrics as seqeval_metrics  # imported when a span metric is first computed
+
+        fn = getattr(seqeval_metrics, name)
         gold = _tag_sequences(labels, context)
         predicted = _tag_sequences(scores.argmax(axis=1), context)
         return 100.0 * float(fn(gold, predicted, zero_division=0))
