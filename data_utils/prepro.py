@@ -187,22 +187,18 @@ def encode_examples(
     row_cut = np.logical_or.reduceat(seq_cut, row_offsets[:-1]) if n_rows else seq_cut
     labels, has_labels = split_labels(examples, task_def)
 
-    meta = {
-        "task": task_def.name,
-        "split": split,
-        "task_type": str(task_def.task_type),
-        "data_format": task_def.data_format.value,
-        "task_def": encoding_record(task_def),
-        "rows": n_rows,
-        "sequences": int(len(lengths)),
-        "truncated": int(row_cut.sum()),
-        "skipped": int(skipped),
-        "has_labels": has_labels,
-        "max_seq_len": int(max_seq_len),
-        "mean_length": round(float(lengths.mean()), 2) if len(lengths) else 0.0,
-        "max_length": int(lengths.max()) if len(lengths) else 0,
-        "tokenizer": dict(fingerprint) if fingerprint is not None else tokenizer_fingerprint(tokenizer),
-    }
+    meta = split_meta(
+        task_def,
+        tokenizer,
+        split=split,
+        n_rows=n_rows,
+        lengths=lengths,
+        truncated=int(row_cut.sum()),
+        skipped=skipped,
+        has_labels=has_labels,
+        max_seq_len=max_seq_len,
+        fingerprint=fingerprint,
+    )
     return EncodedSplit(
         input_ids=np.concatenate(id_parts) if id_parts else np.zeros(0, dtype=np.int32),
         seq_offsets=seq_offsets,
@@ -214,6 +210,38 @@ def encode_examples(
         else None,
         meta=meta,
     )
+
+
+def split_meta(
+    task_def: TaskDef,
+    tokenizer: Any,
+    *,
+    split: str,
+    n_rows: int,
+    lengths: np.ndarray,
+    truncated: int,
+    skipped: int,
+    has_labels: bool,
+    max_seq_len: int,
+    fingerprint: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """A split's ``meta.json`` facts (a kind's encoder may add its own); ``lengths``: one per sequence."""
+    return {
+        "task": task_def.name,
+        "split": split,
+        "task_type": str(task_def.task_type),
+        "data_format": task_def.data_format.value,
+        "task_def": encoding_record(task_def),
+        "rows": n_rows,
+        "sequences": int(len(lengths)),
+        "truncated": int(truncated),
+        "skipped": int(skipped),
+        "has_labels": has_labels,
+        "max_seq_len": int(max_seq_len),
+        "mean_length": round(float(lengths.mean()), 2) if len(lengths) else 0.0,
+        "max_length": int(lengths.max()) if len(lengths) else 0,
+        "tokenizer": dict(fingerprint) if fingerprint is not None else tokenizer_fingerprint(tokenizer),
+    }
 
 
 def _pairs(

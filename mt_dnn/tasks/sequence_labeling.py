@@ -5,8 +5,8 @@ Data: CoNLL files (``data_utils.conll``). Words are split into word pieces by th
 loss, the divergence and the metrics. The cache stores ``token_labels`` (int64, one per token: the tag at a
 word's first piece, ``-1`` there when unlabelled, ``-100`` elsewhere) beside the token ids, and ``labels.npy``
 holds each row's number of encoded words. A sentence longer than ``max_seq_len`` pieces is cut: its rows
-count as ``truncated`` and the words lost as ``words_cut`` in ``meta.json`` (prepro reports both), and its
-predictions cover the words kept.
+count as ``truncated`` (prepro_std.py prints it per split) and the words lost as ``words_cut`` in
+``meta.json``; its predictions cover the words kept.
 
 Model: a linear layer per token, applied at the words' first pieces only: outputs are ``[T, C]`` logits for
 the batch's ``T`` words (like mask_lm's masked positions), so the task loss is the cross-entropy per word and
@@ -27,17 +27,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from data_utils.cache import EncodedSplit, encoding_record
+from data_utils.cache import EncodedSplit
 from data_utils.conll import TaggedSentence, read_conll
 from data_utils.dataset import Batch, Row
 from data_utils.enums import DataFormat, HeadType, LossName
 from data_utils.kinds import ErrorFactory, class_count
 from data_utils.masking import MaskingSpec
 from data_utils.metrics import MetricContext, MetricSpec, predictions_from_scores, register_metric
-from data_utils.prepro import check_max_seq_len, tokenizer_fingerprint
+from data_utils.prepro import check_max_seq_len, split_meta
 from data_utils.readers import ReadResult
 from data_utils.task_def import TaskDef
-from module.san import init_linear_weights
+from module.heads import check_positions, init_linear_weights
 from mt_dnn.tasks.base import (
     BatchScores,
     BatchShape,
@@ -78,11 +78,10 @@ def _tag_sequences(ids: np.ndarray, context: MetricContext) -> list[list[str]]:
 
 
 def _span_metric(name: str) -> Any:
-    from seqeval import metrics as seqeval_metrics
-
-    fn = getattr(seqeval_metrics, name)
-
     def metric(scores: np.ndarray, labels: np.ndarray, context: MetricContext) -> float:
+        from seqeval import metrics as seqeval_metrics  # imported when a span metric is first computed
+
+        fn = getattr(seqeval_metrics, name)
         gold = _tag_sequences(labels, context)
         predicted = _tag_sequences(scores.argmax(axis=1), context)
         return 100.0 * float(fn(gold, predicted, zero_division=0))
@@ -145,11 +144,7 @@ class TokenHead(nn.Module):
         *,
         positions: Tensor,
     ) -> Tensor:
-        if positions.dtype != torch.bool or positions.shape != hidden_states.shape[:2]:
-            raise ValueError(
-                f"positions must be a bool mask shaped {tuple(hidden_states.shape[:2])}, "
-                f"got {positions.dtype} {tuple(positions.shape)}"
-            )
+        check_positions(positions, hidden_states)
         return self.out_proj(self.dropout(hidden_states[positions]))
 
 
@@ -222,23 +217,19 @@ class SequenceLabeling(TaskKind):
         np.cumsum(lengths, out=seq_offsets[1:])
         n_words = np.array([len(sentence.words) for sentence in sentences], dtype=np.int64)
         has_labels = bool(sentences) and sentences[0].label is not None
-        meta = {
-            "task": task_def.name,
-            "split": split,
-            "task_type": str(task_def.task_type),
-            "data_format": task_def.data_format.value,
-            "task_def": encoding_record(task_def),
-            "rows": len(sentences),
-            "sequences": len(ids),
-            "truncated": int((words_kept < n_words).sum()),
-            "words_cut": int((n_words - words_kept).sum()),
-            "skipped": int(skipped),
-            "has_labels": has_labels,
-            "max_seq_len": int(max_seq_len),
-            "mean_length": round(float(lengths.mean()), 2) if len(lengths) else 0.0,
-            "max_length": int(lengths.max()) if len(lengths) else 0,
-            "tokenizer": dict(fingerprint) if fingerprint is not None else tokenizer_fingerprint(tokenizer),
-        }
+        meta = split_meta(
+            task_def,
+            tokenizer,
+            split=split,
+            n_rows=len(sentences),
+            lengths=lengths,
+            truncated=int((words_kept < n_words).sum()),
+            skipped=skipped,
+            has_labels=has_labels,
+            max_seq_len=max_seq_len,
+            fingerprint=fingerprint,
+        )
+        meta["words_cut"] = int((n_words - words_kept).sum())
         flat_types = None if types is None else np.fromiter(chain.from_iterable(types), dtype=np.int8)
         return EncodedSplit(
             input_ids=np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum())),
