@@ -31,9 +31,7 @@ from data_utils.atomic import atomic_write_text
 from data_utils.cache import EncodedSplit
 from data_utils.dataset import TaskDataset
 from data_utils.errors import UserError, exit_on_user_error
-from data_utils.prepro import encode_examples
-from data_utils.readers import read_examples
-from data_utils.task_def import TaskDef, parse_task_def
+from data_utils.task_def import TaskDef
 from mt_dnn.distributed import resolve_device
 from mt_dnn.inference import (
     evaluate,
@@ -51,7 +49,7 @@ from mt_dnn.model import (
     usable_positions,
 )
 from mt_dnn.run_data import CacheCheck, collator_for, masking_for
-from mt_dnn.tasks import task_kind
+from mt_dnn.tasks import parse_task_def, task_kind
 
 DEFAULT_MAX_SEQ_LEN = 512
 _SHOWN_SKIPS = 3
@@ -212,12 +210,12 @@ def _encoded_file(
         raise UserError(
             f"--max_seq_len {max_seq_len} exceeds the encoder's max_position_embeddings {position_limit}"
         )
-    result = read_examples(path, task_def, skip_bad_rows=args.skip_bad_rows)
+    result = task_def.kind.read_split(path, task_def, skip_bad_rows=args.skip_bad_rows)
     for message in result.skipped[:_SHOWN_SKIPS]:
         print(f"skipped: {message}", file=sys.stderr)
     if len(result.skipped) > _SHOWN_SKIPS:
         print(f"skipped: ... and {len(result.skipped) - _SHOWN_SKIPS} more in {path}", file=sys.stderr)
-    return encode_examples(
+    return task_def.kind.encode_split(
         result.examples,
         task_def,
         tokenizer,

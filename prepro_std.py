@@ -16,7 +16,7 @@ import sys
 
 from data_utils.errors import UserError, exit_on_user_error
 from data_utils.prepro import preprocess
-from data_utils.task_def import load_task_defs
+from mt_dnn.tasks import load_task_defs
 
 _SHOWN_SKIPS = 3
 

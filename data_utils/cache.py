@@ -9,6 +9,9 @@ Layout of ``<cache_dir>/<task>_<split>/``::
                                                 (one per row; one per candidate for ranking)
     labels.npy          int64 | float32 [n_rows]  class / candidate index, or a score; -1 / nan if unlabelled
     uids.npy            <U..    [n_rows]
+    <name>.npy          arrays a task kind adds (e.g. per-token labels), listed in ``meta.json``'s
+                        ``arrays``; a split without any has no ``arrays`` key (so the caches of the
+                        built-in kinds are what they were before kinds could add arrays)
     meta.json           task, split, counts, truncation, tokenizer fingerprint, and what it was built
                         from: ``task_def`` (task_type, data_format, labels, n_class) and ``source``,
                         ``source_sha256``, ``source_bytes`` (the file read)
@@ -26,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +44,6 @@ from data_utils.atomic import (
     clean_stale_temporaries,
     recover_interrupted_replace,
 )
-from data_utils.enums import TaskType
 from data_utils.errors import UserError
 from data_utils.task_def import TaskDef
 
@@ -61,6 +64,8 @@ class EncodedSplit:
     uids: np.ndarray
     token_type_ids: np.ndarray | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    # The kind's own arrays by name (``<name>.npy``); ``DataKind.encode_split`` fills it, the kind reads it.
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problem = _layout_problem(self)
@@ -126,7 +131,16 @@ def _layout_problem(data: EncodedSplit) -> str | None:
         return "a row without sequences (row_offsets must increase)"
     if (np.diff(seq_offsets) < 0).any():
         return "seq_offsets decreases"
+    for name, array in data.extras.items():
+        if name in _RESERVED or not _ARRAY_NAME.match(name):
+            return f"extra array name {name!r} is reserved or not a plain name"
+        if array.ndim != 1:
+            return f"{name} has {array.ndim} dimensions, expected 1"
     return None
+
+
+_RESERVED = frozenset((*_ARRAYS, "token_type_ids", "meta"))
+_ARRAY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def split_dir(cache_dir: str | Path, task: str, split: str) -> Path:
@@ -139,9 +153,13 @@ def write_split(path: str | Path, data: EncodedSplit) -> None:
         arrays: dict[str, np.ndarray] = {name: getattr(data, name) for name in _ARRAYS}
         if data.token_type_ids is not None:
             arrays["token_type_ids"] = data.token_type_ids
+        arrays.update(data.extras)
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
-        atomic_write_json(tmp / "meta.json", dict(data.meta))
+        meta = dict(data.meta)
+        if data.extras:
+            meta["arrays"] = sorted(data.extras)
+        atomic_write_json(tmp / "meta.json", meta)
 
 
 def load_split(path: str | Path, *, mmap: bool = True) -> EncodedSplit:
@@ -161,6 +179,14 @@ def load_split(path: str | Path, *, mmap: bool = True) -> EncodedSplit:
         types_file = path / "token_type_ids.npy"
         types = np.load(types_file, mmap_mode=mode, allow_pickle=False) if types_file.is_file() else None
         meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        names = meta.get("arrays", []) if isinstance(meta, dict) else []
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise ValueError("meta.json's 'arrays' is not a list of names")
+        extras = {
+            name: np.load(path / f"{name}.npy", mmap_mode=mode, allow_pickle=False)
+            for name in names
+            if _ARRAY_NAME.match(name)
+        }
     except (OSError, ValueError) as error:
         raise UserError(f"{path}: damaged token-id cache ({error}); run prepro_std.py again") from None
     if not isinstance(meta, dict):
@@ -168,7 +194,7 @@ def load_split(path: str | Path, *, mmap: bool = True) -> EncodedSplit:
             f"{path}: damaged token-id cache (meta.json is not an object); run prepro_std.py again"
         )
     try:
-        return EncodedSplit(**arrays, token_type_ids=types, meta=meta)
+        return EncodedSplit(**arrays, token_type_ids=types, meta=meta, extras=extras)
     except ValueError as error:
         raise UserError(f"{path}: damaged token-id cache ({error}); run prepro_std.py again") from None
 
@@ -197,7 +223,7 @@ def write_manifest(cache_dir: str | Path, manifest: Mapping[str, Any]) -> None:
 def encoding_record(task_def: TaskDef) -> dict[str, Any]:
     """The parts of a task definition the cached ids and labels depend on (recorded as ``task_def``)."""
     return {
-        "task_type": task_def.task_type.value,
+        "task_type": str(task_def.task_type),
         "data_format": task_def.data_format.value,
         "labels": None if task_def.labels is None else list(task_def.labels),
         "n_class": task_def.n_class,
@@ -351,36 +377,18 @@ def _check_ids(
 
 
 def _check_labels(split: EncodedSplit, task_def: TaskDef, where: str) -> None:
-    if not split.has_labels or not len(split) or task_def.task_type is TaskType.MASK_LM:
+    kind = task_def.kind
+    if not split.has_labels or not len(split) or kind.self_labelled:
         return
-    labels = split.labels
-    if task_def.task_type is TaskType.REGRESSION:
-        if not np.isfinite(labels).all():
-            row = int(np.flatnonzero(~np.isfinite(labels))[0])
-            raise UserError(f"{where}: key 'labels': row {row} has no finite score; re-run prepro_std.py")
-        return
-    if task_def.task_type is not TaskType.RANKING and split.n_sequences != len(split):
+    if not kind.multi_sequence and split.n_sequences != len(split):
         raise UserError(
             f"{where}: key 'task_type': a {task_def.task_type} task has one sequence per row, the cache has "
             f"{split.n_sequences} for {len(split)} rows; re-run prepro_std.py"
         )
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise UserError(
-            f"{where}: key 'labels': holds {labels.dtype}, expected class indices; re-run prepro_std.py"
-        )
-    if task_def.task_type is TaskType.RANKING:
-        bound: np.ndarray | int = np.diff(split.row_offsets)
-        what = "the row's candidates"
-    else:
-        bound = task_def.n_class
-        what = f"the task's {task_def.n_class} classes"
-    bad = np.flatnonzero((labels < 0) | (labels >= bound))
-    if bad.size:
-        row = int(bad[0])
-        raise UserError(
-            f"{where}: key 'labels': row {row} (uid {str(split.uids[row])!r}) has label {int(labels[row])}, "
-            f"outside {what}; re-run prepro_std.py"
-        )
+    problem = kind.cached_label_problem(split, task_def)
+    if problem is not None:
+        key, text = problem
+        raise UserError(f"{where}: key '{key}': {text}; re-run prepro_std.py")
 
 
 def verify_cache(

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 import torch
 
 from data_utils.cache import EncodedSplit
-from data_utils.enums import TaskType
 from data_utils.errors import UserError
 from data_utils.task_def import TaskDef
 
@@ -38,12 +38,15 @@ Sequences = tuple[tuple[np.ndarray, np.ndarray | None], ...]
 @dataclass(frozen=True, eq=False)  # numpy fields: compare rows by their fields, not with ==
 class Row:
     """One example: ``sequences`` holds one ``(input_ids, token_type_ids)`` pair, or one per candidate
-    for ranking. ``label`` is a class / candidate index (int), a score (float), or ``None`` if unlabelled."""
+    for ranking. ``label`` is a class / candidate index (int), a score (float), what the task's kind reads
+    from the cache (``DataKind.row_label``), or ``None`` if unlabelled."""
 
     task: str
     uid: str
-    label: int | float | None
+    label: Any
     sequences: Sequences
+    # Kind-specific per-row arrays (``DataKind.row_extra``), e.g. per-token labels.
+    extra: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 class TaskDataset:
@@ -55,7 +58,7 @@ class TaskDataset:
         cached_task = split.meta.get("task")
         if cached_task is not None and cached_task != task_def.name:
             raise UserError(f"task '{task_def.name}': the token-id cache given holds task '{cached_task}'")
-        if task_def.task_type is not TaskType.RANKING and len(split):
+        if not task_def.kind.multi_sequence and len(split):
             per_row = np.diff(split.row_offsets)
             if (per_row != 1).any():
                 raise UserError(
@@ -85,22 +88,14 @@ class TaskDataset:
             i += n
         if not 0 <= i < n:
             raise IndexError(f"task '{self.name}': row {index} out of range for {n} rows")
+        kind = self.task_def.kind
         return Row(
             task=self.name,
             uid=str(self.split.uids[i]),
-            label=self._label(i),
+            label=kind.row_label(self.split, i) if self.split.has_labels else None,
             sequences=tuple(self.split.sequences(i)),
+            extra=kind.row_extra(self.split, i),
         )
-
-    def _label(self, i: int) -> int | float | None:
-        if not self.split.has_labels:
-            return None
-        value = self.split.labels[i]
-        if self.task_def.task_type is TaskType.REGRESSION:
-            score = float(value)
-            return None if np.isnan(score) else score
-        index = int(value)
-        return None if index < 0 else index
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> TaskDataset:
         """The rows at ``indices``, in that order, as a dataset of their own (row ``i`` of the subset is row
@@ -170,7 +165,8 @@ class Batch:
     ``input_ids`` / ``attention_mask`` / ``token_type_ids`` are ``[B, L]``, or ``[B*K, L]`` for ranking with
     ``K`` candidate slots per row (row ``b``'s candidate ``k`` is sequence ``b*K + k``) and
     ``candidate_mask`` ``[B, K]`` marking the real candidates. ``labels`` is int64 (class / candidate index)
-    or float32 (regression), ``None`` when the split has no labels.
+    or float32 (regression), or what the task's kind collates (``DataKind.collate_labels``); ``None`` when
+    the split has no labels. ``extra``: the kind's own batch fields (``DataKind.collate_extra``).
     """
 
     task: str
@@ -180,6 +176,7 @@ class Batch:
     labels: torch.Tensor | None
     uids: list[str]
     candidate_mask: torch.Tensor | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -190,11 +187,13 @@ class Batch:
         return 1 if self.candidate_mask is None else int(self.candidate_mask.shape[1])
 
     def _map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
-        changes: dict[str, torch.Tensor] = {}
+        changes: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, torch.Tensor):
                 changes[f.name] = fn(value)
+        if self.extra:
+            changes["extra"] = {name: fn(tensor) for name, tensor in self.extra.items()}
         return replace(self, **changes)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
@@ -248,7 +247,8 @@ class Collator:
             task_def = self.task_defs[task]
         except KeyError:
             raise ValueError(f"no task definition for '{task}'") from None
-        ranking = task_def.task_type is TaskType.RANKING
+        kind = task_def.kind
+        ranking = kind.multi_sequence
 
         n_cands = np.fromiter((len(row.sequences) for row in rows), dtype=np.int64, count=len(rows))
         if (n_cands == 0).any():
@@ -287,29 +287,22 @@ class Collator:
             input_ids=torch.from_numpy(input_ids),
             attention_mask=torch.from_numpy(attention_mask),
             token_type_ids=None if token_type_ids is None else torch.from_numpy(token_type_ids),
-            labels=self._labels(task, task_def, rows, n_cands),
+            labels=self._labels(task, task_def, rows, n_cands, width),
             uids=[row.uid for row in rows],
             candidate_mask=candidate_mask,
+            extra=kind.collate_extra(task_def, rows, width),
         )
 
     @staticmethod
     def _labels(
-        task: str, task_def: TaskDef, rows: Sequence[Row], n_cands: np.ndarray
+        task: str, task_def: TaskDef, rows: Sequence[Row], n_cands: np.ndarray, width: int
     ) -> torch.Tensor | None:
         missing = [row.label is None for row in rows]
         if all(missing):
             return None
         if any(missing):
             raise ValueError(f"task '{task}': a batch mixes labelled and unlabelled rows")
-        if task_def.task_type is TaskType.REGRESSION:
-            return torch.from_numpy(np.array([row.label for row in rows], dtype=np.float32))
-        labels = np.array([row.label for row in rows], dtype=np.int64)
-        bound = n_cands if task_def.task_type is TaskType.RANKING else task_def.n_class
-        bad = np.flatnonzero((labels < 0) | (labels >= bound))
-        if bad.size:
-            i = int(bad[0])
-            raise ValueError(f"task '{task}': row '{rows[i].uid}' has label {labels[i]} out of range")
-        return torch.from_numpy(labels)
+        return task_def.kind.collate_labels(task_def, rows, n_cands, width)
 
 
 def _ranks_within(counts: np.ndarray) -> np.ndarray:

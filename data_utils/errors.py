@@ -16,6 +16,14 @@ class UserError(Exception):
     """A mistake in the user's input (a file, a flag, a row). CLIs print it as one line and exit 2."""
 
 
+class RowError(Exception):
+    """A problem with one row of a data file; the reader adds the file and line (``file:line: ...``)."""
+
+    def __init__(self, field_name: str | None, problem: str) -> None:
+        where = f"field '{field_name}': " if field_name else ""
+        super().__init__(f"{where}{problem}")
+
+
 def exit_on_user_error(main: Callable[P, R]) -> Callable[P, R]:
     """Wrap a CLI ``main`` so a ``UserError`` prints ``error: <message>`` to stderr and exits 2.
 

@@ -41,7 +41,8 @@ from scipy import stats
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import f1_score, matthews_corrcoef, roc_auc_score
 
-from data_utils.enums import TaskType, parse_enum
+from data_utils.enums import normalise_spelling, parse_enum
+from data_utils.kinds import DataKind, get_kind
 
 
 class Metric(StrEnum):
@@ -65,21 +66,39 @@ METRIC_ALIASES: dict[str, Metric] = {
 }
 
 
-def parse_metric(name: str) -> Metric:
-    """Parse our lowercase names or mt-dnn's spellings (``ACC``, ``F1MAC``, ``Pearson``...), any case."""
-    return parse_enum(Metric, name, METRIC_ALIASES)
+def parse_metric(name: str) -> str:
+    """Parse our lowercase names or mt-dnn's spellings (``ACC``, ``F1MAC``, ``Pearson``...), any case, or
+    the name of a metric a task kind registered (``register_metric``)."""
+    try:
+        return parse_enum(Metric, name, METRIC_ALIASES)
+    except ValueError:
+        key = normalise_spelling(name) if isinstance(name, str) else None
+        for registered in METRICS:
+            if key == registered:
+                return registered
+        raise ValueError(f"unknown value {name!r} (expected one of: {', '.join(METRICS)})") from None
 
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
 
 
 @dataclass(frozen=True)
-class MetricSpec:
-    """``fn(scores, labels)`` gets validated inputs (see the module docstring) and returns a 0-100 value."""
+class MetricContext:
+    """What a metric over structured outputs needs besides scores and labels: the task's label names and,
+    for per-token kinds, how many entries of the flat scores belong to each row (in row order)."""
 
-    fn: MetricFn
-    task_types: frozenset[TaskType]
+    label_names: tuple[str, ...] | None = None
+    row_lengths: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """``fn(scores, labels)`` gets validated inputs (see the module docstring) and returns a 0-100 value;
+    with ``uses_context`` it is called ``fn(scores, labels, context)``."""
+
+    fn: Callable[..., float]
     higher_is_better: bool
+    uses_context: bool = False
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -178,126 +197,99 @@ def _perplexity(scores: np.ndarray, labels: np.ndarray) -> float:
     return math.exp(-float(np.mean(scores[:, 1])))
 
 
-_C = TaskType.CLASSIFICATION
-_R = TaskType.REGRESSION
-_K = TaskType.RANKING
-_M = TaskType.MASK_LM
-
-METRICS: dict[Metric, MetricSpec] = {
-    Metric.ACC: MetricSpec(_accuracy, frozenset({_C, _K}), higher_is_better=True),
-    Metric.F1: MetricSpec(_binary_f1, frozenset({_C}), higher_is_better=True),
-    Metric.MCC: MetricSpec(_mcc, frozenset({_C}), higher_is_better=True),
-    Metric.PEARSON: MetricSpec(_correlation(stats.pearsonr), frozenset({_R}), higher_is_better=True),
-    Metric.SPEARMAN: MetricSpec(_correlation(stats.spearmanr), frozenset({_R}), higher_is_better=True),
-    Metric.AUC: MetricSpec(_auc, frozenset({_C}), higher_is_better=True),
-    Metric.F1_MACRO: MetricSpec(_averaged_f1("macro"), frozenset({_C}), higher_is_better=True),
-    Metric.F1_MICRO: MetricSpec(_averaged_f1("micro"), frozenset({_C}), higher_is_better=True),
-    Metric.MRR: MetricSpec(_mrr, frozenset({_K}), higher_is_better=True),
-    Metric.MLM_ACC: MetricSpec(_mlm_accuracy, frozenset({_M}), higher_is_better=True),
-    Metric.PERPLEXITY: MetricSpec(_perplexity, frozenset({_M}), higher_is_better=False),
+METRICS: dict[str, MetricSpec] = {
+    Metric.ACC: MetricSpec(_accuracy, higher_is_better=True),
+    Metric.F1: MetricSpec(_binary_f1, higher_is_better=True),
+    Metric.MCC: MetricSpec(_mcc, higher_is_better=True),
+    Metric.PEARSON: MetricSpec(_correlation(stats.pearsonr), higher_is_better=True),
+    Metric.SPEARMAN: MetricSpec(_correlation(stats.spearmanr), higher_is_better=True),
+    Metric.AUC: MetricSpec(_auc, higher_is_better=True),
+    Metric.F1_MACRO: MetricSpec(_averaged_f1("macro"), higher_is_better=True),
+    Metric.F1_MICRO: MetricSpec(_averaged_f1("micro"), higher_is_better=True),
+    Metric.MRR: MetricSpec(_mrr, higher_is_better=True),
+    Metric.MLM_ACC: MetricSpec(_mlm_accuracy, higher_is_better=True),
+    Metric.PERPLEXITY: MetricSpec(_perplexity, higher_is_better=False),
 }
+"""Metric name -> its function: the built-in ``Metric``s and those a kind registers (``register_metric``).
+Which metrics a task type allows is the kind's ``allowed_metrics``."""
 
 
-def check_metric_applicable(task_type: TaskType, metric: Metric) -> None:
-    """Raise ``ValueError`` naming the metric and task type if ``metric`` does not apply to ``task_type``."""
-    spec = METRICS[Metric(metric)]
-    if task_type not in spec.task_types:
-        allowed = ", ".join(sorted(m.value for m, s in METRICS.items() if task_type in s.task_types))
+def register_metric(name: StrEnum, spec: MetricSpec) -> None:
+    """Add a metric (a task kind's own, e.g. span F1); a name given twice is an error."""
+    if str(name) in METRICS:
+        raise ValueError(f"metric '{name}' is registered twice")
+    METRICS[name] = spec
+
+
+def metric_spec(name: str) -> MetricSpec:
+    try:
+        return METRICS[str(name)]
+    except KeyError:
+        raise ValueError(f"unknown metric {name!r} (known: {', '.join(METRICS)})") from None
+
+
+def _kind(kind: DataKind | str) -> DataKind:
+    return kind if isinstance(kind, DataKind) else get_kind(kind)
+
+
+def check_metric_applicable(kind: DataKind | str, metric: str) -> None:
+    """Raise ``ValueError`` naming the metric and task type if ``metric`` does not apply to the kind."""
+    data_kind = _kind(kind)
+    metric_spec(metric)
+    if str(metric) not in data_kind.allowed_metrics:
+        allowed = ", ".join(sorted(data_kind.allowed_metrics))
         raise ValueError(
-            f"metric {Metric(metric).value!r} does not apply to task type {TaskType(task_type).value!r} "
-            f"(applicable: {allowed})"
+            f"metric {str(metric)!r} does not apply to task type {data_kind.name!r} (applicable: {allowed})"
         )
 
 
-def _validate_scores(task_type: TaskType, scores: np.ndarray) -> np.ndarray:
-    """Return ``scores`` as float64, [N] for regression and [N, C|K] otherwise; reject malformed input."""
+def _validate_scores(kind: DataKind, scores: np.ndarray) -> np.ndarray:
+    """``scores`` as float64 in the kind's shape; malformed input is a ``ValueError``."""
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim >= 1 and scores.shape[0] == 0:
-        raise ValueError(
-            f"no examples to evaluate for a {task_type.value} task (scores shape {scores.shape})"
-        )
+        raise ValueError(f"no examples to evaluate for a {kind.name} task (scores shape {scores.shape})")
     if np.isnan(scores).any():
         raise ValueError("scores contain NaN (did the model diverge?)")
-    if task_type == TaskType.MASK_LM:
-        if scores.ndim != 2 or scores.shape[1] != 2:
-            raise ValueError(
-                f"mask_lm scores must be shaped [M, 2] (predicted id, gold log-prob), got {scores.shape}"
-            )
-        ids = scores[:, 0]
-        if not np.isfinite(ids).all() or (ids < 0).any() or (ids != np.round(ids)).any():
-            raise ValueError("mask_lm scores: column 0 must hold predicted token ids")
-        if (scores[:, 1] > 0).any() or np.isposinf(scores[:, 1]).any():
-            raise ValueError("mask_lm scores: column 1 must hold log-probabilities (<= 0)")
-        return scores
-    if task_type == TaskType.REGRESSION:
-        if scores.ndim == 2 and scores.shape[1] == 1:
-            scores = scores[:, 0]
-        if scores.ndim != 1:
-            raise ValueError(f"regression scores must be shaped [N] or [N, 1], got {scores.shape}")
-        if not np.isfinite(scores).all():
-            raise ValueError("regression scores contain inf")
-        return scores
-    if scores.ndim != 2 or scores.shape[1] == 0:
-        raise ValueError(f"{task_type.value} scores must be shaped [N, C] with C >= 1, got {scores.shape}")
-    if task_type == TaskType.CLASSIFICATION and not np.isfinite(scores).all():
-        raise ValueError("classification scores contain inf")
-    if task_type == TaskType.RANKING and np.isposinf(scores).any():
-        raise ValueError("ranking scores contain +inf (only -inf is allowed, as padding)")
-    return scores
+    return kind.validate_scores(scores)
 
 
-def _validate_labels(task_type: TaskType, labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def _validate_labels(kind: DataKind, labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1 or labels.shape[0] != scores.shape[0]:
         raise ValueError(f"labels shaped {labels.shape} do not match scores shaped {scores.shape}")
-    if task_type == TaskType.REGRESSION:
-        labels = labels.astype(np.float64)
-        if not np.isfinite(labels).all():
-            raise ValueError("regression labels contain NaN or inf")
-        return labels
-    as_float = labels.astype(np.float64)
-    if not np.isfinite(as_float).all() or (as_float != np.round(as_float)).any():
-        raise ValueError(f"{task_type.value} labels must be integer indices")
-    labels = as_float.astype(np.int64)
-    if task_type == TaskType.MASK_LM:
-        if labels.min() < 0:
-            raise ValueError(f"mask_lm labels must be token ids >= 0, got {labels.min()}")
-        return labels
-    width = scores.shape[1]
-    if labels.min() < 0 or labels.max() >= width:
-        raise ValueError(
-            f"{task_type.value} labels must lie in [0, {width}), got {labels.min()}..{labels.max()}"
-        )
-    if task_type == TaskType.RANKING:
-        padded = np.isneginf(scores[np.arange(len(labels)), labels])
-        if padded.any():
-            row = int(np.flatnonzero(padded)[0])
-            raise ValueError(f"ranking label of example {row} points at a -inf padding slot")
-    return labels
+    return kind.validate_labels(labels, scores)
 
 
-def predictions_from_scores(task_type: TaskType, scores: np.ndarray) -> np.ndarray:
-    """Argmax indices (int64) for classification and ranking; the flat score [N] for regression; the
-    predicted token ids [M] for mask_lm."""
-    task_type = TaskType(task_type)
-    scores = _validate_scores(task_type, scores)
-    if task_type == TaskType.REGRESSION:
-        return scores
-    if task_type == TaskType.MASK_LM:
-        return scores[:, 0].astype(np.int64)
-    return _argmax(scores)
+def predictions_from_scores(kind: DataKind | str, scores: np.ndarray) -> np.ndarray:
+    """What the kind predicts from its scores: argmax indices (int64) for classification and ranking, the
+    flat score [N] for regression, the predicted token ids [M] for mask_lm (``DataKind.predicted``)."""
+    data_kind = _kind(kind)
+    return data_kind.predicted(_validate_scores(data_kind, scores))
 
 
 def compute_metrics(
-    task_type: TaskType, metrics: Sequence[Metric], scores: np.ndarray, labels: np.ndarray
+    kind: DataKind | str,
+    metrics: Sequence[str],
+    scores: np.ndarray,
+    labels: np.ndarray,
+    *,
+    context: MetricContext | None = None,
 ) -> dict[str, float]:
-    """Compute each metric (0-100 scale) and return ``{metric.value: value}`` in the order given."""
-    task_type = TaskType(task_type)
-    wanted = [Metric(metric) for metric in metrics]
+    """Compute each metric (0-100 scale) and return ``{metric name: value}`` in the order given.
+
+    ``kind``: the task's kind, or its type's name. ``context``: what metrics over structured outputs need
+    besides scores and labels (label names, tokens per row); metrics that take no context ignore it."""
+    data_kind = _kind(kind)
+    wanted = [str(metric) for metric in metrics]
     for metric in wanted:
-        check_metric_applicable(task_type, metric)
-    scores = _validate_scores(task_type, scores)
-    labels = _validate_labels(task_type, labels, scores)
-    return {metric.value: METRICS[metric].fn(scores, labels) for metric in wanted}
+        check_metric_applicable(data_kind, metric)
+    scores = _validate_scores(data_kind, scores)
+    labels = _validate_labels(data_kind, labels, scores)
+    given = context if context is not None else MetricContext()
+    values: dict[str, float] = {}
+    for metric in wanted:
+        spec = METRICS[metric]
+        values[metric] = spec.fn(scores, labels, given) if spec.uses_context else spec.fn(scores, labels)
+    return values

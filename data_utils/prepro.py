@@ -31,9 +31,9 @@ from data_utils.cache import (
     write_manifest,
     write_split,
 )
-from data_utils.enums import DataFormat, TaskType
+from data_utils.enums import DataFormat
 from data_utils.errors import UserError
-from data_utils.readers import SUFFIXES, Example, read_examples
+from data_utils.readers import SUFFIXES, Example
 from data_utils.task_def import TaskDef
 
 __all__ = [
@@ -100,7 +100,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
     }
 
 
-def _check_max_seq_len(tokenizer: Any, task_def: TaskDef, max_seq_len: int) -> None:
+def check_max_seq_len(tokenizer: Any, task_def: TaskDef, max_seq_len: int) -> None:
     pair = task_def.data_format is not DataFormat.PREMISE_ONLY
     needed = tokenizer.num_special_tokens_to_add(pair=pair) + (2 if pair else 1)
     if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < needed:
@@ -140,7 +140,7 @@ def encode_examples(
         raise UserError(f"{type(tokenizer).__name__} is a slow tokenizer; preprocessing needs a fast one")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    _check_max_seq_len(tokenizer, task_def, max_seq_len)
+    check_max_seq_len(tokenizer, task_def, max_seq_len)
 
     firsts, seconds, seqs_per_row = _pairs(examples, task_def.data_format)
     n_rows = len(examples)
@@ -185,24 +185,20 @@ def encode_examples(
     np.cumsum(seqs_per_row, out=row_offsets[1:])
     seq_cut = np.concatenate(cut_parts) if cut_parts else np.zeros(0, dtype=bool)
     row_cut = np.logical_or.reduceat(seq_cut, row_offsets[:-1]) if n_rows else seq_cut
-    labels, has_labels = _labels(examples, task_def.task_type)
+    labels, has_labels = split_labels(examples, task_def)
 
-    meta = {
-        "task": task_def.name,
-        "split": split,
-        "task_type": task_def.task_type.value,
-        "data_format": task_def.data_format.value,
-        "task_def": encoding_record(task_def),
-        "rows": n_rows,
-        "sequences": int(len(lengths)),
-        "truncated": int(row_cut.sum()),
-        "skipped": int(skipped),
-        "has_labels": has_labels,
-        "max_seq_len": int(max_seq_len),
-        "mean_length": round(float(lengths.mean()), 2) if len(lengths) else 0.0,
-        "max_length": int(lengths.max()) if len(lengths) else 0,
-        "tokenizer": dict(fingerprint) if fingerprint is not None else tokenizer_fingerprint(tokenizer),
-    }
+    meta = split_meta(
+        task_def,
+        tokenizer,
+        split=split,
+        n_rows=n_rows,
+        lengths=lengths,
+        truncated=int(row_cut.sum()),
+        skipped=skipped,
+        has_labels=has_labels,
+        max_seq_len=max_seq_len,
+        fingerprint=fingerprint,
+    )
     return EncodedSplit(
         input_ids=np.concatenate(id_parts) if id_parts else np.zeros(0, dtype=np.int32),
         seq_offsets=seq_offsets,
@@ -214,6 +210,38 @@ def encode_examples(
         else None,
         meta=meta,
     )
+
+
+def split_meta(
+    task_def: TaskDef,
+    tokenizer: Any,
+    *,
+    split: str,
+    n_rows: int,
+    lengths: np.ndarray,
+    truncated: int,
+    skipped: int,
+    has_labels: bool,
+    max_seq_len: int,
+    fingerprint: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """A split's ``meta.json`` facts (a kind's encoder may add its own); ``lengths``: one per sequence."""
+    return {
+        "task": task_def.name,
+        "split": split,
+        "task_type": str(task_def.task_type),
+        "data_format": task_def.data_format.value,
+        "task_def": encoding_record(task_def),
+        "rows": n_rows,
+        "sequences": int(len(lengths)),
+        "truncated": int(truncated),
+        "skipped": int(skipped),
+        "has_labels": has_labels,
+        "max_seq_len": int(max_seq_len),
+        "mean_length": round(float(lengths.mean()), 2) if len(lengths) else 0.0,
+        "max_length": int(lengths.max()) if len(lengths) else 0,
+        "tokenizer": dict(fingerprint) if fingerprint is not None else tokenizer_fingerprint(tokenizer),
+    }
 
 
 def _pairs(
@@ -241,17 +269,14 @@ def _pairs(
     return firsts, seconds, counts
 
 
-def _labels(examples: Sequence[Example], task_type: TaskType) -> tuple[np.ndarray, bool]:
+def split_labels(examples: Sequence[Any], task_def: TaskDef) -> tuple[np.ndarray, bool]:
+    """The split's ``labels.npy`` (the kind's ``label_array``) and whether it is labelled."""
     raw = [example.label for example in examples]
     n_missing = raw.count(None)
     if 0 < n_missing < len(raw):
         raise ValueError("a split must be all labelled or all unlabelled")
     has_labels = n_missing == 0 and len(raw) > 0
-    if task_type is TaskType.REGRESSION:
-        values = raw if has_labels else [float("nan")] * len(raw)
-        return np.array(values, dtype=np.float32).reshape(len(raw)), has_labels
-    values = raw if has_labels else [-1] * len(raw)
-    return np.array(values, dtype=np.int64).reshape(len(raw)), has_labels
+    return task_def.kind.label_array(raw, has_labels), has_labels
 
 
 def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
@@ -288,9 +313,11 @@ def default_cache_name(tokenizer_path: str | Path) -> str:
     return "cache"
 
 
-def find_split_file(root_dir: str | Path, task: str, split: str) -> Path | None:
-    """``root_dir/<task>_<split>.jsonl``, else ``.tsv``, else ``None``."""
-    for suffix in SUFFIXES:
+def find_split_file(
+    root_dir: str | Path, task: str, split: str, suffixes: Sequence[str] = SUFFIXES
+) -> Path | None:
+    """``root_dir/<task>_<split>.jsonl``, else ``.tsv`` (else the next of ``suffixes``), else ``None``."""
+    for suffix in suffixes:
         path = Path(root_dir) / f"{task}_{split}{suffix}"
         if path.is_file():
             return path
@@ -339,13 +366,13 @@ def preprocess(
     selected = select_tasks(task_defs, tasks)
 
     plan: list[tuple[TaskDef, str, Path]] = []
-    missing: list[str] = []
+    missing: list[tuple[TaskDef, str]] = []
     for task_def in selected:
         found = 0
         for split in task_def.split_names:
-            path = find_split_file(root, task_def.name, split)
+            path = find_split_file(root, task_def.name, split, task_def.kind.suffixes)
             if path is None:
-                missing.append(f"{task_def.name}_{split}")
+                missing.append((task_def, f"{task_def.name}_{split}"))
             else:
                 plan.append((task_def, split, path))
                 found += 1
@@ -354,12 +381,14 @@ def preprocess(
                 f"{root}: no split file at all for task '{task_def.name}' ({_expected(root, task_def)})"
             )
     if missing and not allow_missing_splits:
-        listed = ", ".join(f"{root / name}{{{','.join(SUFFIXES)}}}" for name in missing)
+        listed = ", ".join(
+            f"{root / name}{{{','.join(task_def.kind.suffixes)}}}" for task_def, name in missing
+        )
         raise UserError(f"missing split file(s): {listed} (pass --allow_missing_splits to skip them)")
 
     tokenizer = load_tokenizer(tokenizer_path)
     for task_def in selected:
-        _check_max_seq_len(tokenizer, task_def, max_seq_len)
+        check_max_seq_len(tokenizer, task_def, max_seq_len)
     fingerprint = tokenizer_fingerprint(tokenizer)
     cache_dir = root / (cache_name or default_cache_name(tokenizer_path))
     manifest = read_manifest(cache_dir)
@@ -377,8 +406,8 @@ def preprocess(
     skipped_rows: dict[str, list[str]] = {}
     for task_def, split, path in plan:
         key = f"{task_def.name}_{split}"
-        result = read_examples(path, task_def, skip_bad_rows=skip_bad_rows)
-        encoded = encode_examples(
+        result = task_def.kind.read_split(path, task_def, skip_bad_rows=skip_bad_rows)
+        encoded = task_def.kind.encode_split(
             result.examples,
             task_def,
             tokenizer,
@@ -422,7 +451,7 @@ def preprocess(
         "tokenizer": fingerprint,
         "max_seq_len": max_seq_len,
         "splits": splits,
-        "missing": missing,
+        "missing": [name for _, name in missing],
         "skipped_rows": skipped_rows,
     }
 
@@ -455,4 +484,4 @@ _MANIFEST_FIELDS = (
 
 def _expected(root: Path, task_def: TaskDef) -> str:
     names = ", ".join(f"{task_def.name}_{split}" for split in task_def.split_names)
-    return f"expected {names} as {' or '.join(SUFFIXES)} in {root}"
+    return f"expected {names} as {' or '.join(task_def.kind.suffixes)} in {root}"

@@ -8,11 +8,12 @@ Two formats, chosen by the file's suffix:
 - ``.tsv``: mt-dnn's canonical layout ``uid<TAB>label<TAB>premise[<TAB>hypothesis...]``, no header, no
   quoting; for ranking every column after the premise is a candidate.
 
-Labels become class indices (through ``TaskDef.labels`` when the task names its labels: a name wins over an
-index that reads the same), floats for regression, or the index of the right candidate for ranking. A split
-is either all labelled or all unlabelled (label absent/null in JSONL, an empty column in TSV): unlabelled
-rows get ``label=None``. Blank lines are ignored. A ``mask_lm`` task reads raw text: its rows' labels are
-ignored (they get ``label=None``; the targets are the text's own tokens).
+Labels are parsed by the task's kind (``DataKind.label_parser``): class indices (through ``TaskDef.labels``
+when the task names its labels: a name wins over an index that reads the same), floats for regression, or the
+index of the right candidate for ranking. A split is either all labelled or all unlabelled (label absent/null
+in JSONL, an empty column in TSV): unlabelled rows get ``label=None``. Blank lines are ignored. A
+self-labelled kind (``mask_lm``) reads raw text: its rows' labels are ignored (they get ``label=None``; the
+targets are the text's own tokens).
 
 Every problem is a ``UserError`` naming ``file:line``, the field and the problem; that includes a line that
 is not UTF-8 and a JSON string holding an unpaired surrogate (``"\\ud800"``: valid JSON, but no text a
@@ -26,21 +27,18 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import math
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_utils.enums import DataFormat, TaskType
-from data_utils.errors import UserError
+from data_utils.enums import DataFormat
+from data_utils.errors import RowError, UserError
+from data_utils.kinds import SUFFIXES
 from data_utils.task_def import TaskDef
 
 __all__ = ["SUFFIXES", "Example", "ReadResult", "read_examples"]
-
-SUFFIXES: tuple[str, ...] = (".jsonl", ".tsv")
-_SHOWN_LABELS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,16 +63,10 @@ class ReadResult:
     source_bytes: int = field(default=0, compare=False)
 
 
-class _RowError(Exception):
-    """A problem with one row; ``read_examples`` adds the file and line."""
-
-    def __init__(self, field_name: str | None, problem: str) -> None:
-        where = f"field '{field_name}': " if field_name else ""
-        super().__init__(f"{where}{problem}")
+_RowError = RowError  # a problem with one row; ``read_examples`` adds the file and line
 
 
 _Row = tuple[str, object, str, "str | tuple[str, ...] | None"]
-_LabelParser = Callable[[object, "str | tuple[str, ...] | None"], "int | float"]
 
 
 def read_examples(path: str | Path, task_def: TaskDef, *, skip_bad_rows: bool = False) -> ReadResult:
@@ -86,8 +78,8 @@ def read_examples(path: str | Path, task_def: TaskDef, *, skip_bad_rows: bool = 
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     parse_row = _jsonl_row_parser(task_def.data_format) if suffix == ".jsonl" else _tsv_row_parser(task_def)
-    parse_label = _label_parser(task_def)
-    ignore_labels = task_def.task_type is TaskType.MASK_LM
+    parse_label = task_def.kind.label_parser(task_def)
+    ignore_labels = task_def.kind.self_labelled
 
     examples: list[Example] = []
     skipped: list[str] = []
@@ -309,71 +301,3 @@ def _tsv_row_parser(task_def: TaskDef) -> Callable[[bytes], _Row]:
         return uid, (label or None), premise, hypothesis
 
     return parse
-
-
-# --- labels ----------------------------------------------------------------------------------------------
-
-
-def _as_index(value: object) -> int | None:
-    """An integer index from an int, an integral float or an integer string; ``None`` otherwise."""
-    if type(value) is int:
-        return value
-    if type(value) is float and value.is_integer():
-        return int(value)
-    if type(value) is str:
-        text = value.strip()
-        if text.lstrip("-").isdigit():
-            return int(text)
-    return None
-
-
-def _label_parser(task_def: TaskDef) -> _LabelParser:
-    if task_def.task_type is TaskType.REGRESSION:
-        return _regression_label
-    if task_def.task_type is TaskType.RANKING:
-        return _ranking_label
-    names = task_def.label_index()
-    n_class = task_def.n_class
-    if names is not None:
-        shown = ", ".join(repr(name) for name in list(names)[:_SHOWN_LABELS])
-        more = ", ..." if len(names) > _SHOWN_LABELS else ""
-        allowed = f"one of {shown}{more} or an index in [0, {n_class})"
-    else:
-        allowed = f"a class index in [0, {n_class})"
-
-    def classification(value: object, hypothesis: object) -> int:
-        if names is not None and type(value) in (str, int):
-            index = names.get(value if type(value) is str else str(value))
-            if index is not None:
-                return index
-        index = _as_index(value)
-        if index is None or not 0 <= index < n_class:
-            raise _RowError("label", f"{value!r} is not a label of the task (expected {allowed})")
-        return index
-
-    return classification
-
-
-def _regression_label(value: object, hypothesis: object) -> float:
-    if type(value) in (int, float):
-        number = float(value)  # type: ignore[arg-type]
-    elif type(value) is str:
-        try:
-            number = float(value)
-        except ValueError:
-            raise _RowError("label", f"{value!r} is not a number (regression task)") from None
-    else:
-        raise _RowError("label", f"{value!r} is not a number (regression task)")
-    if not math.isfinite(number):
-        raise _RowError("label", f"{value!r} is not a finite number (regression task)")
-    return number
-
-
-def _ranking_label(value: object, hypothesis: object) -> int:
-    n_candidates = len(hypothesis) if isinstance(hypothesis, tuple) else 0
-    index = _as_index(value)
-    if index is None or not 0 <= index < n_candidates:
-        raise _RowError(
-            "label", f"{value!r} is not a candidate index in [0, {n_candidates}) (the index of the right one)"
-        )
-    return index

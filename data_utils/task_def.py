@@ -16,7 +16,8 @@ from typing import Any
 
 from data_utils.enums import LOSS_ALIASES, DataFormat, HeadType, LossName, TaskType, parse_enum
 from data_utils.errors import UserError
-from data_utils.metrics import METRICS, Metric, parse_metric
+from data_utils.kinds import KINDS, DataKind, ErrorFactory, find_kind, get_kind
+from data_utils.metrics import parse_metric
 from data_utils.yaml_io import load_yaml
 
 __all__ = [
@@ -28,39 +29,13 @@ __all__ = [
     "TaskType",
     "load_task_defs",
     "parse_task_def",
+    "read_number",
 ]
 
 DEFAULT_DROPOUT_P = 0.1
 DEFAULT_SPLITS: tuple[str, ...] = ("train", "dev", "test")
 _TASK_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 
-DEFAULT_METRICS: dict[TaskType, tuple[Metric, ...]] = {
-    TaskType.CLASSIFICATION: (Metric.ACC,),
-    TaskType.REGRESSION: (Metric.PEARSON, Metric.SPEARMAN),
-    TaskType.RANKING: (Metric.ACC, Metric.MRR),
-    TaskType.MASK_LM: (Metric.MLM_ACC, Metric.PERPLEXITY),
-}
-# The task loss each task type allows; the first is the default.
-TASK_LOSSES: dict[TaskType, tuple[LossName, ...]] = {
-    TaskType.CLASSIFICATION: (LossName.CROSS_ENTROPY,),
-    TaskType.REGRESSION: (LossName.MSE,),
-    TaskType.RANKING: (LossName.RANK_CROSS_ENTROPY,),
-    TaskType.MASK_LM: (LossName.CROSS_ENTROPY,),
-}
-# Divergences between two model outputs (adversarial and distillation terms); the first is the default.
-OUTPUT_DIVERGENCES: dict[TaskType, tuple[LossName, ...]] = {
-    TaskType.CLASSIFICATION: (LossName.SYM_KL, LossName.KL, LossName.JS, LossName.MSE),
-    TaskType.REGRESSION: (LossName.MSE,),
-    TaskType.RANKING: (LossName.SYM_KL, LossName.KL, LossName.JS, LossName.MSE),
-    # ALUM's pre-training divergence is KL over the vocabulary (Liu et al. 2020).
-    TaskType.MASK_LM: (LossName.KL, LossName.SYM_KL, LossName.JS),
-}
-FORMATS_FOR_TASK: dict[TaskType, tuple[DataFormat, ...]] = {
-    TaskType.CLASSIFICATION: (DataFormat.PREMISE_ONLY, DataFormat.PREMISE_AND_ONE_HYPOTHESIS),
-    TaskType.REGRESSION: (DataFormat.PREMISE_ONLY, DataFormat.PREMISE_AND_ONE_HYPOTHESIS),
-    TaskType.RANKING: (DataFormat.PREMISE_AND_MULTI_HYPOTHESIS,),
-    TaskType.MASK_LM: (DataFormat.PREMISE_ONLY,),
-}
 DEFAULT_MASK_PROBABILITY = 0.15
 
 
@@ -77,12 +52,16 @@ class AdvOverrides:
 
 @dataclass(frozen=True)
 class TaskDef:
+    """One task. ``task_type`` is its kind's name (a ``TaskType`` for the built-in kinds); ``kind`` is that
+    kind, injected by the parser (or looked up in the global registry when a ``TaskDef`` is built directly)
+    and left out of equality, ``repr`` and ``to_dict``."""
+
     name: str
-    task_type: TaskType
+    task_type: str
     data_format: DataFormat
     labels: tuple[str, ...] | None
     n_class: int
-    metrics: tuple[Metric, ...]
+    metrics: tuple[str, ...]
     loss: LossName
     adv_loss: LossName
     dropout_p: float
@@ -93,6 +72,11 @@ class TaskDef:
     # mask_lm only: the share of tokens chosen for prediction (BERT's 15%, of which 80/10/10 are replaced by
     # [MASK] / a random token / kept). A mask_lm task's ``n_class`` is 0: the encoder's vocabulary decides it.
     mask_probability: float = DEFAULT_MASK_PROBABILITY
+    kind: DataKind = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.kind is None:
+            object.__setattr__(self, "kind", get_kind(self.task_type))
 
     @property
     def train_split(self) -> str:
@@ -118,9 +102,9 @@ class TaskDef:
     def to_dict(self) -> dict[str, Any]:
         """Our spelling; ``parse_task_def(name, to_dict())`` gives back an equal ``TaskDef``."""
         out: dict[str, Any] = {
-            "task_type": self.task_type.value,
+            "task_type": str(self.task_type),
             "data_format": self.data_format.value,
-            "metrics": [metric.value for metric in self.metrics],
+            "metrics": [str(metric) for metric in self.metrics],
             "loss": self.loss.value,
             "adv_loss": self.adv_loss.value,
             "dropout_p": self.dropout_p,
@@ -128,10 +112,7 @@ class TaskDef:
             "split_names": list(self.split_names),
             "loss_weight": self.loss_weight,
         }
-        if self.task_type is TaskType.MASK_LM:
-            out["mask_probability"] = self.mask_probability
-        else:
-            out["n_class"] = self.n_class
+        out.update(self.kind.own_dict(self))
         if self.labels is not None:
             out["labels"] = list(self.labels)
         for adv_field in fields(AdvOverrides):
@@ -159,7 +140,7 @@ class _Context:
 # no effect: `encoder_type` (the encoder comes from the model checkpoint, not the task) and `kd_loss`
 # (its knowledge distillation is not implemented here; the value is still checked, so a typo is an error).
 _KEY_ALIASES = {"metric_meta": "metrics", "enable_san": "head", "task_weight": "loss_weight"}
-_KNOWN_KEYS = {
+_COMMON_KEYS = {
     "task_type",
     "data_format",
     "labels",
@@ -178,14 +159,19 @@ _KNOWN_KEYS = {
     "adv_noise_var",
     "adv_k",
     "encoder_type",
-    "mask_probability",
 }
 _REQUIRED_KEYS = ("task_type", "data_format")
 
 
-def load_task_defs(path: str | Path, *, default_dropout_p: float = DEFAULT_DROPOUT_P) -> dict[str, TaskDef]:
+def load_task_defs(
+    path: str | Path,
+    *,
+    default_dropout_p: float = DEFAULT_DROPOUT_P,
+    kinds: Mapping[str, DataKind] | None = None,
+) -> dict[str, TaskDef]:
     """Read a task-definition YAML (``load_yaml``: safe, no duplicate keys, YAML 1.2 booleans) into
-    ``{task name: TaskDef}`` in file order."""
+    ``{task name: TaskDef}`` in file order. ``kinds``: the task kinds by name; ``None``: the global
+    registry (``data_utils.kinds.KINDS``, filled by importing ``mt_dnn.tasks``: see its load_task_defs)."""
     path = Path(path)
     document = load_yaml(path, what="task definitions")
     if not isinstance(document, Mapping):
@@ -198,7 +184,9 @@ def load_task_defs(path: str | Path, *, default_dropout_p: float = DEFAULT_DROPO
         name = _task_name(key, path)
         if name in task_defs:  # ``1:`` and ``"1":`` are two YAML keys but one task
             raise UserError(f"{path}: task '{name}': defined twice")
-        task_defs[name] = parse_task_def(name, entry, source=str(path), default_dropout_p=default_dropout_p)
+        task_defs[name] = parse_task_def(
+            name, entry, source=str(path), default_dropout_p=default_dropout_p, kinds=kinds
+        )
     return task_defs
 
 
@@ -218,35 +206,42 @@ def parse_task_def(
     *,
     source: str = "<task_def>",
     default_dropout_p: float = DEFAULT_DROPOUT_P,
+    kinds: Mapping[str, DataKind] | None = None,
 ) -> TaskDef:
-    """Validate one task entry (either spelling) into a ``TaskDef``."""
+    """Validate one task entry (either spelling) into a ``TaskDef``; ``kinds`` as for ``load_task_defs``."""
+    registry = KINDS if kinds is None else kinds
     ctx = _Context(source, name)
     if not _TASK_NAME.match(name):
         raise ctx.error(None, "task names may use only letters, digits, '_' and '-'")
     if not isinstance(entry, Mapping):
         raise ctx.error(None, f"expected a mapping of keys, got {type(entry).__name__}")
-    raw = _canonical_keys(entry, ctx)
+    raw = _canonical_keys(entry, ctx, registry)
     for key in _REQUIRED_KEYS:
         if key not in raw:
             raise ctx.error(key, "missing required key")
 
-    task_type = _enum(TaskType, raw, "task_type", ctx)
+    try:
+        kind = find_kind(raw["task_type"], registry)
+    except ValueError as error:
+        raise ctx.error("task_type", str(error)) from None
+    task_type = kind.name
     data_format = _enum(DataFormat, raw, "data_format", ctx)
-    if data_format not in FORMATS_FOR_TASK[task_type]:
-        allowed = ", ".join(FORMATS_FOR_TASK[task_type])
+    if data_format not in kind.formats:
+        allowed = ", ".join(kind.formats)
         raise ctx.error("data_format", f"{data_format} does not fit a {task_type} task (use: {allowed})")
+    _foreign_keys(raw, kind, registry, ctx)
 
     labels = _labels(raw, ctx)
-    n_class = _n_class(raw, task_type, labels, ctx)
-    metrics = _metrics(raw, task_type, ctx)
-    loss = _loss(raw, "loss", TASK_LOSSES[task_type], task_type, ctx)
-    adv_loss = _loss(raw, "adv_loss", OUTPUT_DIVERGENCES[task_type], task_type, ctx)
-    _loss(raw, "kd_loss", OUTPUT_DIVERGENCES[task_type], task_type, ctx)  # checked, then ignored
-    head = _head(raw, task_type, ctx)
+    n_class = kind.n_class(raw.get("n_class"), labels, ctx.error)
+    metrics = _metrics(raw, kind, ctx)
+    loss = _loss(raw, "loss", kind.losses, task_type, ctx)
+    adv_loss = _loss(raw, "adv_loss", kind.divergences, task_type, ctx)
+    _loss(raw, "kd_loss", kind.divergences, task_type, ctx)  # checked, then ignored
+    head = _head(raw, kind, ctx)
     dropout_p = _number(raw, "dropout_p", ctx, default=default_dropout_p, low=0.0, high=1.0, high_open=True)
     split_names = _split_names(raw, ctx)
     loss_weight = _number(raw, "loss_weight", ctx, default=1.0, low=0.0, low_open=True)
-    mask_probability = _mask_probability(raw, task_type, ctx)
+    own = kind.own_fields(raw, ctx.error)
     adv = AdvOverrides(
         alpha=_optional_number(raw, "adv_alpha", ctx),
         epsilon=_optional_number(raw, "adv_epsilon", ctx),
@@ -268,27 +263,32 @@ def parse_task_def(
         split_names=split_names,
         loss_weight=loss_weight,
         adv=adv,
-        mask_probability=mask_probability,
+        kind=kind,
+        **own,
     )
 
 
-def _mask_probability(raw: Mapping[str, object], task_type: TaskType, ctx: _Context) -> float:
-    if task_type is not TaskType.MASK_LM:
-        if raw.get("mask_probability") is not None:
-            raise ctx.error("mask_probability", f"applies to mask_lm tasks only, not to a {task_type} task")
-        return DEFAULT_MASK_PROBABILITY
-    return _number(
-        raw, "mask_probability", ctx, default=DEFAULT_MASK_PROBABILITY, low=0.0, high=1.0, low_open=True
-    )
+def _foreign_keys(
+    raw: Mapping[str, object], kind: DataKind, kinds: Mapping[str, DataKind], ctx: _Context
+) -> None:
+    """A key another kind owns (``mask_probability`` on a classification task): an error naming the owners."""
+    for key, value in raw.items():
+        if value is None or key in _COMMON_KEYS or key in kind.yaml_keys:
+            continue
+        owners = [other.name for other in kinds.values() if key in other.yaml_keys]
+        raise ctx.error(key, f"applies to {' and '.join(owners)} tasks only, not to a {kind.name} task")
 
 
-def _canonical_keys(entry: Mapping[object, object], ctx: _Context) -> dict[str, object]:
+def _canonical_keys(
+    entry: Mapping[object, object], ctx: _Context, kinds: Mapping[str, DataKind]
+) -> dict[str, object]:
+    known = set(_COMMON_KEYS).union(*(kind.yaml_keys for kind in kinds.values()))
     raw: dict[str, object] = {}
     for key, value in entry.items():
         key_text = str(key)
         canonical = _KEY_ALIASES.get(key_text, key_text)
-        if canonical not in _KNOWN_KEYS:
-            close = difflib.get_close_matches(key_text, sorted(_KNOWN_KEYS | set(_KEY_ALIASES)), n=1)
+        if canonical not in known:
+            close = difflib.get_close_matches(key_text, sorted(known | set(_KEY_ALIASES)), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ctx.error(key_text, f"unknown key{hint}")
         if canonical in raw:
@@ -326,54 +326,22 @@ def _labels(raw: Mapping[str, object], ctx: _Context) -> tuple[str, ...] | None:
     return tuple(labels)
 
 
-def _n_class(
-    raw: Mapping[str, object], task_type: TaskType, labels: tuple[str, ...] | None, ctx: _Context
-) -> int:
-    given = raw.get("n_class")
-    if task_type is TaskType.MASK_LM:
-        # The targets are the text's own tokens: the encoder's vocabulary is the class set.
-        for key in ("labels", "n_class"):
-            if raw.get(key) is not None:
-                raise ctx.error(key, "a mask_lm task predicts the encoder's vocabulary; remove it")
-        return 0
-    if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given < 1):
-        raise ctx.error("n_class", f"expected a positive integer, got {given!r}")
-    if task_type is TaskType.CLASSIFICATION:
-        if labels is not None:
-            if given is not None and given != len(labels):
-                raise ctx.error("n_class", f"n_class is {given} but {len(labels)} labels are listed")
-            n_class = len(labels)
-        elif given is None:
-            raise ctx.error("n_class", "missing required key (a classification task needs n_class or labels)")
-        else:
-            n_class = given
-        if n_class < 2:
-            raise ctx.error("n_class", f"a classification task needs at least 2 classes, got {n_class}")
-        return n_class
-    if labels is not None:
-        raise ctx.error("labels", f"a {task_type} task has numeric labels; remove 'labels'")
-    if given is not None and given != 1:
-        what = "one output" if task_type is TaskType.REGRESSION else "one score per candidate"
-        raise ctx.error("n_class", f"a {task_type} task has {what}: n_class must be 1, got {given}")
-    return 1
-
-
-def _metrics(raw: Mapping[str, object], task_type: TaskType, ctx: _Context) -> tuple[Metric, ...]:
+def _metrics(raw: Mapping[str, object], kind: DataKind, ctx: _Context) -> tuple[str, ...]:
     value = raw.get("metrics")
     if value is None:
-        return DEFAULT_METRICS[task_type]
+        return kind.default_metrics
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value:
         raise ctx.error("metrics", "expected a non-empty list of metric names")
-    metrics: list[Metric] = []
+    metrics: list[str] = []
     for item in value:
         try:
             metric = parse_metric(str(item))
         except ValueError as error:
             raise ctx.error("metrics", str(error)) from None
-        if task_type not in METRICS[metric].task_types:
-            raise ctx.error("metrics", f"metric '{metric}' does not apply to a {task_type} task")
+        if metric not in kind.allowed_metrics:
+            raise ctx.error("metrics", f"metric '{metric}' does not apply to a {kind.name} task")
         if metric not in metrics:
             metrics.append(metric)
     return tuple(metrics)
@@ -383,7 +351,7 @@ def _loss(
     raw: Mapping[str, object],
     key: str,
     allowed: tuple[LossName, ...],
-    task_type: TaskType,
+    task_type: str,
     ctx: _Context,
 ) -> LossName:
     value = raw.get(key)
@@ -399,12 +367,13 @@ def _loss(
     return loss
 
 
-def _head(raw: Mapping[str, object], task_type: TaskType, ctx: _Context) -> HeadType:
+def _head(raw: Mapping[str, object], kind: DataKind, ctx: _Context) -> HeadType:
     if "head" not in raw:
         return HeadType.LINEAR
     head = _enum(HeadType, raw, "head", ctx)
-    if head is HeadType.SAN and task_type is not TaskType.CLASSIFICATION:
-        raise ctx.error("head", f"the SAN head serves classification tasks, not {task_type}")
+    if head not in kind.heads:
+        servers = " and ".join(other for other in KINDS if head in KINDS[other].heads) or "no"
+        raise ctx.error("head", f"the {head.upper()} head serves {servers} tasks, not {kind.name}")
     return head
 
 
@@ -452,6 +421,18 @@ def _number(
         upper = "inf" if high is None else high
         raise ctx.error(key, f"{number} is outside {lo}{low}, {upper}{hi}")
     return number
+
+
+class _Errors:
+    """``_number``'s view of an ``ErrorFactory``."""
+
+    def __init__(self, error: ErrorFactory) -> None:
+        self.error = error
+
+
+def read_number(raw: Mapping[str, object], key: str, error: ErrorFactory, **bounds: Any) -> float:
+    """A task kind's numeric YAML key: ``default`` when absent, ``low``/``high`` bounds (``*_open``)."""
+    return _number(raw, key, _Errors(error), **bounds)  # type: ignore[arg-type]
 
 
 def _optional_number(raw: Mapping[str, object], key: str, ctx: _Context) -> float | None:

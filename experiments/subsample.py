@@ -24,8 +24,9 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 from data_utils.atomic import atomic_write_text  # noqa: E402
 from data_utils.errors import UserError, exit_on_user_error  # noqa: E402
-from data_utils.task_def import TaskDef, load_task_defs  # noqa: E402
+from data_utils.task_def import TaskDef  # noqa: E402
 from experiments.canonical import read_utf8  # noqa: E402
+from mt_dnn.tasks import load_task_defs  # noqa: E402
 
 
 def sample_size(total: int, fraction: float | None, max_rows: int | None) -> int:

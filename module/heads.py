@@ -30,6 +30,7 @@ __all__ = [
     "RankingHead",
     "SANClassifier",
     "SANConfig",
+    "check_positions",
     "init_linear_weights",
 ]
 
@@ -96,6 +97,15 @@ class RankingHead(nn.Module):
         return scores.view(n_seq // n_candidates, n_candidates)
 
 
+def check_positions(positions: Tensor, hidden_states: Tensor) -> None:
+    """``positions`` must be a bool mask over the ``[N, L]`` tokens of ``hidden_states`` (``[N, L, H]``)."""
+    if positions.dtype != torch.bool or positions.shape != hidden_states.shape[:2]:
+        raise ValueError(
+            f"positions must be a bool mask shaped {tuple(hidden_states.shape[:2])}, "
+            f"got {positions.dtype} {tuple(positions.shape)}"
+        )
+
+
 class MaskedLMHead(nn.Module):
     """BERT's masked-LM head with the decoder tied to the encoder's input word embeddings.
 
@@ -128,11 +138,7 @@ class MaskedLMHead(nn.Module):
         positions: Tensor,
         decoder_weight: Tensor,
     ) -> Tensor:
-        if positions.dtype != torch.bool or positions.shape != hidden_states.shape[:2]:
-            raise ValueError(
-                f"positions must be a bool mask shaped {tuple(hidden_states.shape[:2])}, "
-                f"got {positions.dtype} {tuple(positions.shape)}"
-            )
+        check_positions(positions, hidden_states)
         if decoder_weight.shape != (self.vocab_size, hidden_states.shape[-1]):
             raise ValueError(
                 f"decoder_weight must be [{self.vocab_size}, {hidden_states.shape[-1]}], "

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from data_utils.errors import UserError
-from data_utils.metrics import METRICS, Metric
+from data_utils.metrics import METRICS, metric_spec
 from data_utils.task_def import TaskDef
 
 __all__ = ["BestCheckpoint", "BestKey", "Verdict", "parse_best_metric"]
@@ -46,8 +46,8 @@ class BestKey:
 
 def _oriented(metric: str, value: float) -> float:
     """``value`` as a higher-is-better number."""
-    known = metric in Metric._value2member_map_
-    return -float(value) if known and not METRICS[Metric(metric)].higher_is_better else float(value)
+    known = metric in METRICS
+    return -float(value) if known and not metric_spec(metric).higher_is_better else float(value)
 
 
 def parse_best_metric(

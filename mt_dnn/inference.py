@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from data_utils.atomic import atomic_write_text
 from data_utils.dataset import Batch, Collator, TaskDataset
 from data_utils.masking import MaskingSpec
-from data_utils.metrics import Metric, compute_metrics, predictions_from_scores
+from data_utils.metrics import MetricContext, compute_metrics, predictions_from_scores
 from data_utils.sampler import EvalBatchSampler
 from data_utils.task_def import TaskDef
 from module.adversarial.hooks import add_to_output
@@ -180,7 +180,7 @@ def evaluate(
     autocast_dtype: torch.dtype | None = None,
     rank: int = 0,
     world_size: int = 1,
-    metrics: Sequence[Metric] | None = None,
+    metrics: Sequence[str] | None = None,
     masking: MaskingSpec | None = None,
     perturbation: BatchPerturbation | None = None,
     progress: bool | None = False,
@@ -208,9 +208,12 @@ def evaluate(
     if predictions.labels is not None and len(predictions.labels):
         wanted = task_def.metrics if metrics is None else tuple(metrics)
         if np.isnan(predictions.scores).any():
-            values = {Metric(metric).value: math.nan for metric in wanted}
+            values = {str(metric): math.nan for metric in wanted}
         else:
-            values = compute_metrics(task_def.task_type, wanted, predictions.scores, predictions.labels)
+            context = MetricContext(label_names=task_def.labels, row_lengths=predictions.n_masked)
+            values = compute_metrics(
+                task_def.kind, wanted, predictions.scores, predictions.labels, context=context
+            )
     return EvalResult(metrics=values, predictions=predictions)
 
 
@@ -243,7 +246,7 @@ def write_glue_submission(path: str | Path, task_def: TaskDef, predictions: Pred
         raise ValueError(
             f"task '{task_def.name}' is {task_def.task_type}: GLUE submissions are for labelled tasks"
         )
-    predicted = predictions_from_scores(task_def.task_type, predictions.scores)
+    predicted = predictions_from_scores(task_def.kind, predictions.scores)
     lines = ["index\tprediction"]
     for i, value in enumerate(predicted):
         shown = kind.label_value(task_def, value)

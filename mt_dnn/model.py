@@ -30,7 +30,7 @@ from data_utils import prepro
 from data_utils.atomic import atomic_directory
 from data_utils.dataset import Batch
 from data_utils.errors import UserError
-from data_utils.task_def import TaskDef, parse_task_def
+from data_utils.task_def import TaskDef
 from module.adversarial import (
     AdversarialMethod,
     AdversarialSite,
@@ -39,7 +39,7 @@ from module.adversarial import (
 )
 from module.encoders import EncoderLayout, encoder_layout
 from module.heads import SANConfig
-from mt_dnn.tasks import BatchShape, EncoderOutput, HeadOptions, task_kind
+from mt_dnn.tasks import BatchShape, EncoderOutput, HeadOptions, parse_task_def, task_kind
 
 logger = logging.getLogger("mt_dnn.model")
 

@@ -24,10 +24,10 @@ from data_utils.errors import UserError
 from data_utils.masking import MaskingSpec
 from data_utils.prepro import tokenizer_fingerprint
 from data_utils.sampler import MultiTaskBatchSampler
-from data_utils.task_def import TaskDef, load_task_defs
+from data_utils.task_def import TaskDef
 from mt_dnn.config import TrainConfig
 from mt_dnn.model import usable_positions
-from mt_dnn.tasks import task_kind
+from mt_dnn.tasks import load_task_defs, task_kind
 
 __all__ = [
     "CacheCheck",

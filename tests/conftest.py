@@ -32,6 +32,8 @@ import pytest
 import torch
 import yaml
 
+import mt_dnn.tasks  # noqa: F401 - registers the task kinds data_utils parses task definitions with
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

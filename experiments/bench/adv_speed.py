@@ -49,13 +49,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from data_utils.dataset import Batch  # noqa: E402
-from data_utils.task_def import parse_task_def  # noqa: E402
 from experiments.bench.memory import peak_memory_mb, reset_peak_memory  # noqa: E402
 from module.losses import cross_entropy, sym_kl  # noqa: E402
 from mt_dnn.config import TrainConfig  # noqa: E402
 from mt_dnn.model import MTDNNModel  # noqa: E402
 from mt_dnn.objective import TrainingObjective  # noqa: E402
 from mt_dnn.optim import build_optimizer  # noqa: E402
+from mt_dnn.tasks import parse_task_def  # noqa: E402
 
 TASK = "bench"
 TASK_ENTRY = {"task_type": "classification", "data_format": "premise_only", "n_class": 3, "metrics": ["acc"]}
@@ -83,6 +83,10 @@ MODES = (
     Mode("FreeAT m=2 (per step)", {"adv_method": "freeat"}, 0),
     Mode("YOPO-2-3", {"adv_method": "yopo"}, 0),
     Mode("FreeLB K=2", {"adv_method": "freelb"}, 0),
+    # The study's ablation arms (experiments/quality/study.yml): the Bregman proximal point without the
+    # adversarial term, and R-Drop (two dropout passes), the control for the dropout-consistency effect.
+    Mode("Bregman only", {"bregman_mu": 1.0}, 0, bregman=True),
+    Mode("R-Drop", {"adv_method": "rdrop"}, 0),
 )
 
 
@@ -337,20 +341,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--memory", action="store_true", help="peak memory per mode instead of step time (returns each rise)"
     )
     parser.add_argument(
-        "--modes", help="with --memory: comma-separated mode names to measure (default: every mode)"
+        "--modes", help="comma-separated mode names to measure (default: every mode); plain is always timed"
     )
     parser.add_argument("--memory_mode", help=argparse.SUPPRESS)  # the child process of --memory
     args = parser.parse_args(argv)
+    names = [mode.name for mode in MODES]
+    if importlib.util.find_spec("smart_pytorch") is not None:
+        names.append(REFERENCE)
+    if args.modes:
+        wanted = [name.strip() for name in args.modes.split(",")]
+        unknown = [name for name in wanted if name not in names]
+        if unknown:
+            parser.error(f"--modes: unknown mode {unknown[0]!r} (modes: {', '.join(names)})")
+        names = wanted
     if args.memory and not args.memory_mode:
-        names = [mode.name for mode in MODES]
-        if importlib.util.find_spec("smart_pytorch") is not None:
-            names.append(REFERENCE)
-        if args.modes:
-            wanted = [name.strip() for name in args.modes.split(",")]
-            unknown = [name for name in wanted if name not in names]
-            if unknown:
-                parser.error(f"--modes: unknown mode {unknown[0]!r} (modes: {', '.join(names)})")
-            names = wanted
         child_argv = _without_memory_flags(sys.argv[1:] if argv is None else argv)
         figures = measure_memory(child_argv, names)
         print_memory(figures, torch.device(args.device))
@@ -371,7 +375,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"{'bf16' if args.bf16 else 'fp32'}, {args.steps} timed steps after {args.warmup} warm-up"
     )
     steps: dict[str, Callable[[], None]] = dict(pass_steps(model, batch, amp))
-    steps.update(build_steps(model, batch, device, amp))
+    steps.update(build_steps(model, batch, device, amp, names={"plain", *names}))
     seconds = interleaved_medians(steps, args.steps, args.warmup, device)
 
     forward = seconds.pop("pass F")
@@ -385,13 +389,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     bounds: dict[str, float] = {}
     for mode in MODES:
         k = mode.inner_steps
-        if k:
+        if k and mode.name in seconds:
             # (K + 2) F + K Bd + 2 B + O = plain + (K + 1) F + K Bd + B; Bregman adds the teacher's forward.
             bounds[mode.name] = seconds["plain"] + (k + 1) * forward + k * delta_backward + backward
             if mode.bregman:
                 bounds[mode.name] += forward  # the teacher's forward has no graph: an upper estimate
     if REFERENCE in seconds:
-        bounds[REFERENCE] = bounds["SMART K=1"]
+        k1 = seconds["plain"] + 2 * forward + delta_backward + backward  # SMART K=1's bound
+        bounds[REFERENCE] = k1
 
     plain = seconds["plain"]
     print(f"\n{'mode':<22} {'s/step':>8} {'x plain':>8} {'x bound':>8}")

@@ -39,7 +39,7 @@ from data_utils.cache import load_split, split_dir  # noqa: E402
 from data_utils.dataset import Batch, Collator, TaskDataset  # noqa: E402
 from data_utils.errors import UserError, exit_on_user_error  # noqa: E402
 from data_utils.prepro import preprocess  # noqa: E402
-from data_utils.task_def import TaskDef, load_task_defs  # noqa: E402
+from data_utils.task_def import TaskDef  # noqa: E402
 from experiments.common import read_jsonl_rows  # noqa: E402
 from module.adversarial import AdversarialMethodName, Radius  # noqa: E402
 from module.adversarial.delta import (  # noqa: E402
@@ -54,6 +54,7 @@ from module.losses import divergence  # noqa: E402
 from mt_dnn.config import TrainConfig  # noqa: E402
 from mt_dnn.model import MTDNNModel, forward_batch  # noqa: E402
 from mt_dnn.objective import TrainingObjective  # noqa: E402
+from mt_dnn.tasks import load_task_defs, task_kind  # noqa: E402
 
 TASK_DEF = ROOT / "experiments" / "demo" / "demo_task_def.yml"
 # SMART's initial noise scales whose inner gradient is compared across precisions: the paper's absolute
@@ -197,7 +198,7 @@ def inner_gradient(
 
 
 def _candidate_mask(batch: Batch, task_def: TaskDef) -> Tensor | None:
-    return batch.candidate_mask if task_def.task_type.value == "ranking" else None
+    return batch.candidate_mask if task_kind(task_def).multi_sequence else None
 
 
 def cosine(a: Tensor, b: Tensor) -> float:

@@ -41,7 +41,8 @@ from data_utils.cache import EncodedSplit, load_split, split_dir, write_split  #
 from data_utils.errors import exit_on_user_error  # noqa: E402
 from data_utils.prepro import encode_examples, load_tokenizer, preprocess  # noqa: E402
 from data_utils.readers import read_examples  # noqa: E402
-from data_utils.task_def import TaskDef, parse_task_def  # noqa: E402
+from data_utils.task_def import TaskDef  # noqa: E402
+from mt_dnn.tasks import parse_task_def  # noqa: E402
 
 DEMO_DIRS = (ROOT / "data" / "demo", Path("/tmp/demo_data"))
 

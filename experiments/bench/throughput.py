@@ -177,7 +177,7 @@ def prepare_cache(args: dict[str, Any], work: Path, train: list[dict], dev: list
     import yaml
 
     from data_utils.prepro import preprocess
-    from data_utils.task_def import load_task_defs
+    from mt_dnn.tasks import load_task_defs
 
     task = args["task"]
     entry = yaml.safe_load((ROOT / "experiments/demo/demo_task_def.yml").read_text(encoding="utf-8"))[task]

@@ -22,14 +22,14 @@ import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from data_utils.enums import TaskType  # noqa: E402
 from data_utils.errors import UserError, exit_on_user_error  # noqa: E402
-from data_utils.task_def import TaskDef, load_task_defs  # noqa: E402
+from data_utils.task_def import TaskDef  # noqa: E402
 from experiments.demo.fetch import SourceCache, default_cache_dir  # noqa: E402
 from experiments.demo.readers import (  # noqa: E402
     Example,
@@ -41,6 +41,7 @@ from experiments.demo.readers import (  # noqa: E402
     read_vader_movie,
     read_vitaminc,
 )
+from mt_dnn.tasks import load_task_defs  # noqa: E402
 
 TASK_DEF = Path(__file__).with_name("demo_task_def.yml")
 SPLITS = ("train", "dev", "test")
@@ -66,7 +67,20 @@ def load_demo_task_defs(path: Path = TASK_DEF) -> dict[str, TaskDef]:
     return task_defs
 
 
-def split_examples(examples: Sequence[Example], seed: int, task: str) -> dict[str, list[Example]]:
+class Splittable(Protocol):
+    """What the splitter reads of an example: its group and, for sources with official splits, its split."""
+
+    @property
+    def group(self) -> str: ...
+
+    @property
+    def split(self) -> str | None: ...
+
+
+E = TypeVar("E", bound=Splittable)
+
+
+def split_examples(examples: Sequence[E], seed: int, task: str) -> dict[str, list[E]]:
     """Seeded 80/10/10 split that keeps every ``group`` in one split (or the source's official splits).
 
     Groups are shuffled, then filled into train until it holds 80% of the rows, then dev until 90%.

@@ -146,7 +146,8 @@ def parse_vader_ground_truth(text: str, where: str) -> list[Example]:
 # --- BIG-bench JSON tasks (bigbench sdist) ----------------------------------------------------------------
 
 
-def _bigbench_examples(cache: SourceCache, task: str) -> tuple[list[dict[str, Any]], str]:
+def bigbench_task_examples(cache: SourceCache, task: str) -> tuple[list[Any], str]:
+    """The ``examples`` list of a BIG-bench task (unchecked items) and the member it came from."""
     path = cache.bigbench_task(task)
     where = f"{BIGBENCH.filename}:bigbench/benchmark_tasks/{task}/task.json"
     try:
@@ -156,6 +157,12 @@ def _bigbench_examples(cache: SourceCache, task: str) -> tuple[list[dict[str, An
     examples = data.get("examples") if isinstance(data, dict) else None
     if not isinstance(examples, list):
         raise UserError(f"{where}: missing key 'examples'")
+    return examples, where
+
+
+def _bigbench_examples(cache: SourceCache, task: str) -> tuple[list[dict[str, Any]], str]:
+    """A multiple-choice task's examples, each checked to have an ``input`` and ``target_scores``."""
+    examples, where = bigbench_task_examples(cache, task)
     for index, example in enumerate(examples):
         if not isinstance(example, dict) or not isinstance(example.get("input"), str):
             raise UserError(f"{where}: examples[{index}]: missing key 'input'")

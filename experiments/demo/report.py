@@ -40,7 +40,8 @@ from data_utils.enums import TaskType  # noqa: E402
 from data_utils.errors import UserError, exit_on_user_error  # noqa: E402
 from data_utils.metrics import Metric, compute_metrics  # noqa: E402
 from data_utils.readers import Example, read_examples  # noqa: E402
-from data_utils.task_def import TaskDef, load_task_defs  # noqa: E402
+from data_utils.task_def import TaskDef  # noqa: E402
+from mt_dnn.tasks import load_task_defs  # noqa: E402
 
 MSE = "mse"
 MISSING = "-"
@@ -88,7 +89,7 @@ def classification_baseline(
     scores[:, majority] = 1.0
     name = task_def.labels[majority] if task_def.labels else str(majority)
     return Baseline(
-        compute_metrics(task_def.task_type, task_def.metrics, scores, labels),
+        compute_metrics(task_def.kind, task_def.metrics, scores, labels),
         f"always the train majority class {name!r} ({counts[majority] / len(train):.1%} of train)",
     )
 
@@ -99,7 +100,7 @@ def regression_baseline(
     """Predict the train mean for every row: correlations are undefined (nan); MSE is the split's spread."""
     mean = float(np.mean([float(example.label) for example in train]))  # type: ignore[arg-type]
     labels = np.array([float(example.label) for example in evaluated])  # type: ignore[arg-type]
-    metrics = {Metric(metric).value: math.nan for metric in task_def.metrics}
+    metrics = {str(metric): math.nan for metric in task_def.metrics}
     metrics[MSE] = float(np.mean((labels - mean) ** 2))
     return Baseline(metrics, f"always the train mean {mean:+.3f}")
 

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from data_utils.errors import UserError
-from data_utils.task_def import TaskDef, load_task_defs
+from data_utils.task_def import TaskDef
 from data_utils.yaml_io import load_yaml
 from experiments.quality.tuning import LR_TUNED, lr_spelling, tuning_method
+from mt_dnn.tasks import load_task_defs
 
 
 class Regime(StrEnum):

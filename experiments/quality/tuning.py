@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from data_utils.errors import UserError
-from data_utils.metrics import METRICS, Metric
+from data_utils.metrics import metric_spec
 
 if TYPE_CHECKING:
     from experiments.quality.grid import Grid
@@ -50,7 +50,7 @@ def is_tuning_row(row: ResultRow) -> bool:
 
 def higher_is_better(metric: str) -> bool:
     try:
-        return METRICS[Metric(metric)].higher_is_better
+        return metric_spec(metric).higher_is_better
     except ValueError:
         raise UserError(f"key 'metric': unknown metric {metric!r}") from None
 

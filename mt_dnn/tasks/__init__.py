@@ -1,9 +1,16 @@
 """Task kinds: one registered component per task type (see ``base.TaskKind``), looked up by ``task_kind``.
 
-Importing this package registers the built-in kinds; each lives in its own module.
+Importing this package registers the built-in kinds; each lives in its own module. ``load_task_defs`` and
+``parse_task_def`` parse task definitions with them registered.
 """
 
-from mt_dnn.tasks import classification, mask_lm, ranking, regression  # noqa: F401 - they register
+from mt_dnn.tasks import (  # noqa: F401 - they register
+    classification,
+    mask_lm,
+    ranking,
+    regression,
+    sequence_labeling,
+)
 from mt_dnn.tasks.base import (
     BatchScores,
     BatchShape,
@@ -14,6 +21,7 @@ from mt_dnn.tasks.base import (
     Predictions,
     TaskKind,
 )
+from mt_dnn.tasks.definitions import load_task_defs, parse_task_def
 from mt_dnn.tasks.registry import TASK_KINDS, register_task_kind, task_kind
 
 __all__ = [
@@ -26,6 +34,8 @@ __all__ = [
     "ModelInputs",
     "Predictions",
     "TaskKind",
+    "load_task_defs",
+    "parse_task_def",
     "register_task_kind",
     "task_kind",
 ]

@@ -4,7 +4,8 @@ A ``TaskKind`` is the behaviour of one task type, stateless and shared by every 
 it builds, how a batch becomes the model's inputs (mask_lm masks it), how the head's output is read (by the
 loss, the divergence, inference), and what a prediction file says about a row. The model, the objective,
 inference, robustness and predict ask the task's kind (``mt_dnn.tasks.task_kind``) and never switch on the
-type themselves. The YAML keys of a type and their validation are in ``data_utils.task_def``.
+type themselves. Its data side (YAML keys and their validation, labels, cache arrays, batch fields, metrics)
+is the ``data_utils.kinds.DataKind`` part of the same class.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 from torch import Tensor, nn
 
 from data_utils.dataset import Batch
-from data_utils.enums import HeadType, TaskType
+from data_utils.enums import HeadType
+from data_utils.kinds import DataKind
 from data_utils.masking import MaskingSpec
 from data_utils.metrics import predictions_from_scores
 from data_utils.task_def import TaskDef
@@ -39,6 +41,7 @@ __all__ = [
     "TaskKind",
     "as_float_list",
     "assemble_rows",
+    "assemble_token_rows",
 ]
 
 Forward = Callable[..., Tensor]
@@ -87,8 +90,8 @@ class Predictions:
 
     ``labels``: gold class / candidate indices (int64) or scores (float32), ``None`` when unlabelled.
     ``n_candidates``: the real candidates of each ranking row (int64 ``[N]``); ``None`` for other tasks.
-    ``n_masked``: the masked tokens of each mask_lm row (int64 ``[N]``; ``scores`` and ``labels`` hold its
-    tokens row by row); ``None`` for other tasks.
+    ``n_masked``: the tokens of each row for per-token kinds (int64 ``[N]``): mask_lm's masked tokens,
+    sequence labeling's words; ``scores`` and ``labels`` hold them row by row. ``None`` for other tasks.
     """
 
     task: str
@@ -124,18 +127,16 @@ class HFExport:
     squeeze: bool = False  # its logits are [B, 1] where ours are [B]
 
 
-class TaskKind(ABC):
-    """The behaviour of one task type. Subclasses are registered once (``mt_dnn.tasks.registry``)."""
+class TaskKind(DataKind, ABC):
+    """The behaviour of one task type, data side (``data_utils.kinds.DataKind``: YAML keys, labels, cache,
+    batches, metrics) and model side (below). Subclasses are registered once (``mt_dnn.tasks.registry``)."""
 
-    task_type: ClassVar[TaskType]
     # The tokenizer's masking spec is needed to prepare its batches (mask_lm).
     needs_masking: ClassVar[bool] = False
     # Robustness evaluation can perturb its inputs (a perturbed masked-LM score is not defined here).
     accepts_perturbation: ClassVar[bool] = True
     # Its predictions fit GLUE's one-value-per-row submission file.
     writes_submission: ClassVar[bool] = True
-    # Its training rows carry their own targets (the text), so a split without labels still trains.
-    self_labelled: ClassVar[bool] = False
     # Continued pre-training rather than a task: adversarial methods take their pre-training defaults
     # (ALUM's alpha of 10) unless the flags or the YAML set them.
     pretraining: ClassVar[bool] = False
@@ -217,7 +218,7 @@ class TaskKind(ABC):
 
     def records(self, task_def: TaskDef, predictions: Predictions) -> list[dict[str, Any]]:
         """One JSON-able dict per row, in input order (``mt_dnn.inference.prediction_records``)."""
-        predicted = predictions_from_scores(task_def.task_type, predictions.scores)
+        predicted = predictions_from_scores(task_def.kind, predictions.scores)
         probabilities = self.probabilities(predictions)
         records: list[dict[str, Any]] = []
         for i, uid in enumerate(predictions.uids):
@@ -296,6 +297,45 @@ def assemble_rows(
         scores=scores,
         labels=labels,
         n_candidates=n_candidates,
+    )
+
+
+def assemble_token_rows(
+    task_def: TaskDef, outputs: Sequence[BatchScores], n_rows: int, *, width: int
+) -> Predictions:
+    """Scatter per-token batch results (``n_masked``: each row's tokens; ``scores`` ``[tokens, width]``) back
+    in input order, a row's tokens kept together (mask_lm's masked tokens, sequence labeling's words)."""
+    uids: list[str | None] = [None] * n_rows
+    counts = np.full(n_rows, -1, dtype=np.int64)
+    pieces: list[tuple[np.ndarray, np.ndarray | None] | None] = [None] * n_rows
+    labelled = [output.labels is not None for output in outputs]
+    if any(labelled) and not all(labelled):
+        raise ValueError(f"task '{task_def.name}': some batches have labels and some do not")
+    for output in outputs:
+        assert output.n_masked is not None
+        starts = np.concatenate([[0], np.cumsum(output.n_masked)])
+        for j, row in enumerate(output.indices.tolist()):
+            if counts[row] >= 0:
+                raise ValueError(f"task '{task_def.name}': row {row} was predicted twice")
+            counts[row] = output.n_masked[j]
+            uids[row] = output.uids[j]
+            span = slice(int(starts[j]), int(starts[j + 1]))
+            pieces[row] = (output.scores[span], None if output.labels is None else output.labels[span])
+    if (counts < 0).any():
+        missing = int(np.flatnonzero(counts < 0)[0])
+        raise ValueError(f"task '{task_def.name}': row {missing} was never predicted")
+    parts = [piece for piece in pieces if piece is not None]
+    scores = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, width), np.float32)
+    labels: np.ndarray | None = None
+    if not outputs or all(labelled):
+        gold = [p[1] for p in parts if p[1] is not None]
+        labels = np.concatenate(gold) if gold else np.zeros(0, np.int64)
+    return Predictions(
+        task=task_def.name,
+        uids=[str(uid) for uid in uids],
+        scores=scores.reshape(-1, width).astype(np.float32),
+        labels=labels,
+        n_masked=counts,
     )
 
 

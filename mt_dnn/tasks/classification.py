@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from data_utils.dataset import Batch
-from data_utils.enums import HeadType, TaskType
+from data_utils.enums import DataFormat, HeadType, LossName, TaskType
+from data_utils.metrics import Metric
 from data_utils.task_def import TaskDef
 from module.heads import PooledHead, SANClassifier
 from mt_dnn.tasks.base import HeadOptions, HFExport, Predictions, TaskKind, as_float_list
@@ -17,7 +18,18 @@ from mt_dnn.tasks.registry import register_task_kind
 
 @register_task_kind
 class Classification(TaskKind):
-    task_type = TaskType.CLASSIFICATION
+    """Labels are class indices (``labels:`` names them); the data-side defaults of ``DataKind`` are this
+    kind's, so only its sets are declared here."""
+
+    name = TaskType.CLASSIFICATION
+    formats = (DataFormat.PREMISE_ONLY, DataFormat.PREMISE_AND_ONE_HYPOTHESIS)
+    default_metrics = (Metric.ACC,)
+    allowed_metrics = frozenset(
+        {Metric.ACC, Metric.F1, Metric.MCC, Metric.AUC, Metric.F1_MACRO, Metric.F1_MICRO}
+    )
+    losses = (LossName.CROSS_ENTROPY,)
+    divergences = (LossName.SYM_KL, LossName.KL, LossName.JS, LossName.MSE)
+    heads = (HeadType.LINEAR, HeadType.SAN)
     hf_export = HFExport("AutoModelForSequenceClassification", "single_label_classification")
 
     def build_head(self, task_def: TaskDef, options: HeadOptions) -> nn.Module:

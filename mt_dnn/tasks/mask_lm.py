@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,11 @@ import torch
 from torch import Tensor, nn
 
 from data_utils.dataset import Batch, example_seeds
-from data_utils.enums import HeadType, TaskType
+from data_utils.enums import DataFormat, HeadType, LossName, TaskType
+from data_utils.kinds import ErrorFactory, integer_labels
 from data_utils.masking import MaskingSpec, mask_tokens
-from data_utils.metrics import predictions_from_scores
-from data_utils.task_def import TaskDef
+from data_utils.metrics import Metric, predictions_from_scores
+from data_utils.task_def import DEFAULT_MASK_PROBABILITY, TaskDef, read_number
 from module.encoders import EncoderLayout, MaskedLMHeadNames
 from module.heads import MaskedLMHead
 from mt_dnn.tasks.base import (
@@ -36,6 +37,7 @@ from mt_dnn.tasks.base import (
     ModelInputs,
     Predictions,
     TaskKind,
+    assemble_token_rows,
 )
 from mt_dnn.tasks.registry import register_task_kind
 
@@ -87,7 +89,17 @@ def pretrained_mlm_head(folder: str | Path, head: MaskedLMHeadNames) -> tuple[di
 
 @register_task_kind
 class MaskLM(TaskKind):
-    task_type = TaskType.MASK_LM
+    """Raw text; its own YAML key is ``mask_probability``, and its n_class is 0 (the vocabulary decides)."""
+
+    name = TaskType.MASK_LM
+    aliases = ("masklm",)
+    formats = (DataFormat.PREMISE_ONLY,)
+    default_metrics = (Metric.MLM_ACC, Metric.PERPLEXITY)
+    allowed_metrics = frozenset({Metric.MLM_ACC, Metric.PERPLEXITY})
+    losses = (LossName.CROSS_ENTROPY,)
+    # ALUM's pre-training divergence is KL over the vocabulary (Liu et al. 2020).
+    divergences = (LossName.KL, LossName.SYM_KL, LossName.JS)
+    yaml_keys = frozenset({"mask_probability"})
     needs_masking = True
     accepts_perturbation = False
     writes_submission = False
@@ -96,6 +108,46 @@ class MaskLM(TaskKind):
     export_refusal = (
         "a mask_lm head is a pre-training head, not a task head (encoder/ loads with AutoModel as it is)"
     )
+
+    # ---------------------------------------------------------------- data side
+    def n_class(self, given: object, labels: tuple[str, ...] | None, error: ErrorFactory) -> int:
+        # The targets are the text's own tokens: the encoder's vocabulary is the class set.
+        for key, value in (("labels", labels), ("n_class", given)):
+            if value is not None:
+                raise error(key, "a mask_lm task predicts the encoder's vocabulary; remove it")
+        return 0
+
+    def own_fields(self, raw: Mapping[str, object], error: ErrorFactory) -> dict[str, Any]:
+        probability = read_number(
+            raw, "mask_probability", error, default=DEFAULT_MASK_PROBABILITY, low=0.0, high=1.0, low_open=True
+        )
+        return {"mask_probability": probability}
+
+    def own_dict(self, task_def: TaskDef) -> dict[str, Any]:
+        return {"mask_probability": task_def.mask_probability}
+
+    def validate_scores(self, scores: np.ndarray) -> np.ndarray:
+        if scores.ndim != 2 or scores.shape[1] != 2:
+            raise ValueError(
+                f"mask_lm scores must be shaped [M, 2] (predicted id, gold log-prob), got {scores.shape}"
+            )
+        ids = scores[:, 0]
+        if not np.isfinite(ids).all() or (ids < 0).any() or (ids != np.round(ids)).any():
+            raise ValueError("mask_lm scores: column 0 must hold predicted token ids")
+        if (scores[:, 1] > 0).any() or np.isposinf(scores[:, 1]).any():
+            raise ValueError("mask_lm scores: column 1 must hold log-probabilities (<= 0)")
+        return scores
+
+    def validate_labels(self, labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        labels = integer_labels(self.name, labels)
+        if labels.min() < 0:
+            raise ValueError(f"mask_lm labels must be token ids >= 0, got {labels.min()}")
+        return labels
+
+    def predicted(self, scores: np.ndarray) -> np.ndarray:
+        return scores[:, 0].astype(np.int64)
+
+    # ---------------------------------------------------------------- model side
 
     def build_head(self, task_def: TaskDef, options: HeadOptions) -> nn.Module:
         self.check_head_type(task_def, (HeadType.LINEAR,))
@@ -169,36 +221,11 @@ class MaskLM(TaskKind):
 
     def assemble(self, task_def: TaskDef, outputs: Sequence[BatchScores], n_rows: int) -> Predictions:
         """Each row's masked tokens back in input order (a row's tokens stay together)."""
-        uids: list[str | None] = [None] * n_rows
-        counts = np.full(n_rows, -1, dtype=np.int64)
-        pieces: list[tuple[np.ndarray, np.ndarray] | None] = [None] * n_rows
-        for output in outputs:
-            assert output.n_masked is not None and output.labels is not None
-            starts = np.concatenate([[0], np.cumsum(output.n_masked)])
-            for j, row in enumerate(output.indices.tolist()):
-                if counts[row] >= 0:
-                    raise ValueError(f"task '{task_def.name}': row {row} was predicted twice")
-                counts[row] = output.n_masked[j]
-                uids[row] = output.uids[j]
-                span = slice(int(starts[j]), int(starts[j + 1]))
-                pieces[row] = (output.scores[span], output.labels[span])
-        if (counts < 0).any():
-            missing = int(np.flatnonzero(counts < 0)[0])
-            raise ValueError(f"task '{task_def.name}': row {missing} was never predicted")
-        parts = [piece for piece in pieces if piece is not None]
-        scores = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 2), np.float32)
-        labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
-        return Predictions(
-            task=task_def.name,
-            uids=[str(uid) for uid in uids],
-            scores=scores.reshape(-1, 2).astype(np.float32),
-            labels=labels,
-            n_masked=counts,
-        )
+        return assemble_token_rows(task_def, outputs, n_rows, width=2)
 
     def records(self, task_def: TaskDef, predictions: Predictions) -> list[dict[str, Any]]:
         """Per row its masked tokens: ``prediction`` and ``label`` are lists of token ids, in token order."""
-        predicted = predictions_from_scores(task_def.task_type, predictions.scores)
+        predicted = predictions_from_scores(task_def.kind, predictions.scores)
         assert predictions.n_masked is not None and predictions.labels is not None
         starts = np.concatenate([[0], np.cumsum(predictions.n_masked)]).tolist()
         return [

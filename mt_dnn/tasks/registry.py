@@ -1,35 +1,31 @@
-"""The one registry of task kinds: each kind registers itself once, in its own file."""
+"""The one registry of task kinds (``data_utils.kinds.KINDS``): each kind registers itself once, in its own
+file, with ``register_task_kind``."""
 
 from __future__ import annotations
 
-from types import MappingProxyType
+from collections.abc import Mapping
 
-from data_utils.enums import TaskType
+from data_utils.kinds import KINDS, get_kind, register_kind
 from data_utils.task_def import TaskDef
 from mt_dnn.tasks.base import TaskKind
 
 __all__ = ["TASK_KINDS", "register_task_kind", "task_kind"]
 
-_KINDS: dict[TaskType, TaskKind] = {}
-TASK_KINDS = MappingProxyType(_KINDS)
-"""Task type -> its kind (read-only view; ``register_task_kind`` adds to it)."""
+TASK_KINDS: Mapping[str, TaskKind] = KINDS  # type: ignore[assignment] # every kind registered here is one
+"""Kind name (a ``TaskType`` for the built-ins) -> its kind: the same read-only registry as ``KINDS``."""
 
 
 def register_task_kind(cls: type[TaskKind]) -> type[TaskKind]:
-    """Class decorator: register one instance of ``cls`` for ``cls.task_type`` (twice is an error)."""
-    if cls.task_type in _KINDS:
-        raise ValueError(
-            f"task type '{cls.task_type}' is registered twice ({type(_KINDS[cls.task_type]).__name__})"
-        )
-    _KINDS[cls.task_type] = cls()
+    """Class decorator: register one instance of ``cls`` under ``cls.name`` (twice is an error)."""
+    if not issubclass(cls, TaskKind):
+        raise TypeError(f"{cls.__name__} is not a TaskKind")
+    register_kind(cls)
     return cls
 
 
-def task_kind(task: TaskDef | TaskType | str) -> TaskKind:
+def task_kind(task: TaskDef | str) -> TaskKind:
     """The kind of a task definition (or of a task type by name)."""
-    task_type = task.task_type if isinstance(task, TaskDef) else TaskType(task)
-    try:
-        return _KINDS[task_type]
-    except KeyError:
-        known = ", ".join(sorted(_KINDS))
-        raise ValueError(f"no task kind registered for '{task_type}' (registered: {known})") from None
+    kind = task.kind if isinstance(task, TaskDef) else get_kind(str(task))
+    if not isinstance(kind, TaskKind):
+        raise ValueError(f"task type '{kind.name}' has no model side (its kind is not an mt_dnn TaskKind)")
+    return kind

@@ -49,6 +49,15 @@ def test_adv_speed_runs_every_mode(capsys: pytest.CaptureFixture[str]) -> None:
     assert "x plain" in printed and "SMART K=1 + Bregman" in printed
 
 
+def test_adv_speed_modes_times_only_those_and_plain() -> None:
+    seconds = adv_speed.main(
+        ["--tiny", "--steps", "1", "--warmup", "0", "--threads", "1", "--batch_size", "4", "--seq_len", "16",
+         "--modes", "Bregman only,R-Drop"]
+    )  # fmt: skip
+    assert set(seconds) == {"plain", "Bregman only", "R-Drop"}
+    assert all(value > 0 for value in seconds.values())
+
+
 def test_adv_speed_memory_measures_every_mode_in_a_process_of_its_own(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

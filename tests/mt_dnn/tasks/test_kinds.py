@@ -54,10 +54,35 @@ def encoded(n: int = 4, length: int = 5) -> EncoderOutput:
 
 
 def test_every_task_type_has_exactly_one_kind() -> None:
-    assert set(TASK_KINDS) == set(TaskType)
-    for task_type, kind in TASK_KINDS.items():
-        assert kind.task_type is task_type
-        assert task_kind(task_type.value) is kind
+    # The registry holds every built-in type, and kinds that are not TaskType members (sequence_labeling).
+    assert set(TaskType) <= set(TASK_KINDS)
+    assert "sequence_labeling" in TASK_KINDS
+    for name, kind in TASK_KINDS.items():
+        assert kind.task_type == kind.name == name
+        assert task_kind(str(name)) is kind
+    for task_type in TaskType:
+        assert TASK_KINDS[task_type].name is task_type
+
+
+def test_each_built_in_kind_is_its_own_class() -> None:
+    from data_utils.kinds import KINDS
+    from mt_dnn.tasks.classification import Classification
+    from mt_dnn.tasks.mask_lm import MaskLM
+    from mt_dnn.tasks.ranking import Ranking
+    from mt_dnn.tasks.regression import Regression
+    from mt_dnn.tasks.sequence_labeling import SequenceLabeling
+
+    assert KINDS is TASK_KINDS
+    expected = {
+        TaskType.CLASSIFICATION: Classification,
+        TaskType.REGRESSION: Regression,
+        TaskType.RANKING: Ranking,
+        TaskType.MASK_LM: MaskLM,
+        "sequence_labeling": SequenceLabeling,
+    }
+    assert {name: type(kind) for name, kind in TASK_KINDS.items()} == expected
+    for name, entry in ENTRIES.items():
+        assert type(parse_task_def("t", entry).kind) is expected[name]
 
 
 def test_registering_a_type_twice_is_refused() -> None:

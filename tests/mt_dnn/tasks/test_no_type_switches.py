@@ -1,4 +1,5 @@
-"""The design's rule, checked: outside the task kinds, the model side never switches on a task type."""
+"""The design's rule, checked: outside the task kinds, neither the model side nor the data side switches on
+a task type (``data_utils/`` asks ``TaskDef.kind``; ``enums.py`` only declares the built-in names)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 # Where a task type's behaviour must come from its kind (``mt_dnn.tasks.task_kind``), not from a type test.
-ASKERS = [*sorted((ROOT / "mt_dnn").glob("*.py")), ROOT / "predict.py", ROOT / "train.py"]
+ASKERS = [
+    *sorted((ROOT / "mt_dnn").glob("*.py")),
+    *sorted(path for path in (ROOT / "data_utils").glob("*.py") if path.name != "enums.py"),
+    ROOT / "predict.py",
+    ROOT / "train.py",
+    ROOT / "prepro_std.py",
+]
 MEMBER = re.compile(r"\bTaskType\.[A-Z_]+\b")
 
 
@@ -24,3 +31,5 @@ def test_no_asker_names_a_task_type_member() -> None:
 def test_the_askers_are_found() -> None:
     names = {path.name for path in ASKERS}
     assert {"model.py", "objective.py", "inference.py", "trainer.py", "predict.py"} <= names
+    assert {"task_def.py", "readers.py", "prepro.py", "cache.py", "dataset.py", "metrics.py"} <= names
+    assert "prepro_std.py" in names
