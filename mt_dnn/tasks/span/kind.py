@@ -264,7 +264,8 @@ class Span(TaskKind):
                 batch_size=batch_size,
             )
         except ValueError as error:
-            raise UserError(f"task '{task_def.name}': key 'doc_stride': {error}") from None
+            hint = "lower doc_stride or max_question_len, or raise --max_seq_len"
+            raise UserError(f"task '{task_def.name}': key 'doc_stride': {error} ({hint})") from None
         labelled = bool(questions) and questions[0].answers is not None
         arrays = pack_windows(per_question, labelled=labelled)
         uids = [
