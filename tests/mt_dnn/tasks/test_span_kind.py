@@ -290,3 +290,20 @@ def test_decoding_gold_logits_scores_full_marks(qa_run: dict[str, Any]) -> None:
     values = compute_metrics(kind, task_def.metrics, scores, predictions.labels, context=context)
     assert values == {"exact_match": 100.0, "squad_f1": 100.0}
     assert len(kind.records(task_def, predictions)) == split.meta["questions"] == 12
+
+
+def test_the_robustness_curve_attacks_span_windows(qa_run: dict[str, Any], trained: Path) -> None:
+    """PGD on the embeddings through the kind's own head inputs: radius 0 is the clean score, and a large
+    radius scores no higher."""
+    from mt_dnn.inference import evaluate
+    from mt_dnn.robustness import EmbeddingAttack, robustness_curve
+
+    model = MTDNNModel.load(trained)
+    split = load_split(split_dir(qa_run["data"] / "tiny", "qa", "dev"))
+    dataset = TaskDataset(model.task_defs["qa"], split)
+    collator = Collator(model.task_defs, pad_token_id=0)
+    attacks = [EmbeddingAttack(radius, steps=2) for radius in (0.0, 5.0)]
+    curve = robustness_curve(model, dataset, collator, attacks, batch_size=8)
+    assert curve[0].metrics == evaluate(model, dataset, collator, batch_size=8).metrics
+    assert curve[1].metrics["squad_f1"] <= curve[0].metrics["squad_f1"]
+    assert [point.skipped_batches for point in curve] == [0, 0]
