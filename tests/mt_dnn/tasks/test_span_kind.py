@@ -307,3 +307,51 @@ def test_the_robustness_curve_attacks_span_windows(qa_run: dict[str, Any], train
     assert curve[0].metrics == evaluate(model, dataset, collator, batch_size=8).metrics
     assert curve[1].metrics["squad_f1"] <= curve[0].metrics["squad_f1"]
     assert [point.skipped_batches for point in curve] == [0, 0]
+
+
+def test_a_cache_of_other_window_settings_is_refused(qa_run: dict[str, Any]) -> None:
+    from data_utils.cache import verify_split
+
+    entry = {**qa_run["task_defs"]["qa"].to_dict(), "doc_stride": 6}
+    other = parse_task_def("qa", entry, source="tasks.yml")
+    with pytest.raises(UserError) as caught:
+        verify_split(split_dir(qa_run["data"] / "tiny", "qa", "dev"), other)
+    assert "key 'doc_stride': the cache was encoded with 8" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_predict_on_unlabelled_questions_writes_answers_only(
+    qa_run: dict[str, Any], trained: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    rows = [json.loads(line) for line in (qa_run["data"] / "qa_dev.jsonl").read_text().splitlines()]
+    source = write_rows(
+        tmp_path / "questions.jsonl", [{k: row[k] for k in ("id", "question", "context")} for row in rows]
+    )
+    output = tmp_path / "preds.jsonl"
+    code = predict.main(
+        ["--checkpoint", str(trained), "--task", "qa", "--input", str(source), "--output", str(output),
+         "--device", "cpu", "--max_seq_len", "24"]
+    )  # fmt: skip
+    assert code in (0, None), capfd.readouterr().err
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [record["uid"] for record in records] == [row["id"] for row in rows]
+    assert all("label" not in record for record in records)
+    assert not output.with_name("preds.metrics.json").exists()
+
+
+def test_a_resumed_smart_run_equals_the_uninterrupted_one(qa_run: dict[str, Any], tmp_path: Path) -> None:
+    from mt_dnn.config import parse_config
+    from mt_dnn.trainer import Trainer
+
+    def trainer(out: Path, *extra: str) -> Trainer:
+        return Trainer(parse_config(flags(qa_run, out, "--adv_train", "--epochs", "2", *extra)))
+
+    full = trainer(tmp_path / "full")
+    full.train()
+    interrupted = trainer(tmp_path / "split")
+    interrupted.train(until_step=interrupted.steps_per_epoch + 2)
+    resumed = trainer(tmp_path / "split", "--resume")
+    resumed.train()
+    expected, actual = full.model.state_dict(), resumed.model.state_dict()
+    for key, value in expected.items():
+        torch.testing.assert_close(actual[key], value, rtol=0, atol=1e-6, msg=key)
