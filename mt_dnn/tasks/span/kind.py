@@ -19,7 +19,6 @@ and F1, 0-100) and the prediction records (one per question id) read.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,7 +44,6 @@ from mt_dnn.tasks.base import (
     BatchScores,
     BatchShape,
     EncoderOutput,
-    Forward,
     HeadOptions,
     ModelInputs,
     Predictions,
@@ -369,25 +367,9 @@ class Span(TaskKind):
         return batch.extra["span_mask"].repeat_interleave(2, dim=0)
 
     # ---------------------------------------------------------------- inference
-    def predict_batch(
-        self,
-        task_def: TaskDef,
-        forward: Forward,
-        batch: Batch,
-        host_batch: Batch,
-        masking: MaskingSpec | None,
-        autocast: contextlib.AbstractContextManager[object],
-        perturbed: contextlib.AbstractContextManager[object],
-    ) -> BatchScores:
-        """Per window its start and end logits ``[2, L]``, with one host transfer for the batch."""
-        inputs = self.model_inputs(task_def, batch, masking, None)
-        with autocast, perturbed:
-            logits = forward(inputs.batch, **inputs.head_inputs)
-        scores = logits.float().reshape(len(batch), 2, -1).cpu().numpy()
-        labels = None if host_batch.labels is None else host_batch.labels.numpy().reshape(len(batch), 2)[:, 0]
-        return BatchScores(
-            indices=np.zeros(0, dtype=np.int64), uids=list(batch.uids), scores=scores, labels=labels
-        )
+    def scores(self, output: Tensor, batch: Batch) -> Tensor:
+        """The flattened ``[2B, L]`` logits back as ``[B, 2, L]``: each window's start and end logits."""
+        return output.reshape(len(batch), 2, -1)
 
     def score_buffer(self, task_def: TaskDef, outputs: Sequence[BatchScores], n_rows: int) -> np.ndarray:
         width = max((output.scores.shape[-1] for output in outputs), default=0)
@@ -395,8 +377,13 @@ class Span(TaskKind):
 
     def assemble(self, task_def: TaskDef, outputs: Sequence[BatchScores], n_rows: int) -> Predictions:
         scores = self.score_buffer(task_def, outputs, n_rows)
-        padded = [
-            dataclasses.replace(output, scores=_pad(output.scores, scores.shape[-1])) for output in outputs
+        padded = [  # each window's start position stands for its labels (the gold texts are in the cache)
+            dataclasses.replace(
+                output,
+                scores=_pad(output.scores, scores.shape[-1]),
+                labels=None if output.labels is None else output.labels.reshape(-1, 2)[:, 0],
+            )
+            for output in outputs
         ]
         return assemble_rows(task_def, padded, scores)
 

@@ -249,17 +249,22 @@ def test_a_saved_model_reloads_to_identical_start_end_logits(
     assert float(divergence(task_def.adv_loss, moved, logits, mask=mask)) > 0.0
 
 
-def test_predict_writes_one_answer_per_question_id(
-    qa_run: dict[str, Any], trained: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
-) -> None:
-    output = tmp_path / "preds.jsonl"
-    source = qa_run["data"] / "qa_dev.jsonl"
+def run_predict(trained: Path, source: Path, output: Path, capfd: pytest.CaptureFixture[str]) -> list[Any]:
+    """predict.py on ``source``; the records it wrote."""
     code = predict.main(
         ["--checkpoint", str(trained), "--task", "qa", "--input", str(source), "--output", str(output),
          "--device", "cpu", "--max_seq_len", "24"]
     )  # fmt: skip
     assert code in (0, None), capfd.readouterr().err
-    records = [json.loads(line) for line in output.read_text().splitlines()]
+    return [json.loads(line) for line in output.read_text().splitlines()]
+
+
+def test_predict_writes_one_answer_per_question_id(
+    qa_run: dict[str, Any], trained: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "preds.jsonl"
+    source = qa_run["data"] / "qa_dev.jsonl"
+    records = run_predict(trained, source, output, capfd)
     rows = [json.loads(line) for line in source.read_text().splitlines()]
     assert [record["uid"] for record in records] == [row["id"] for row in rows]
     for record, row in zip(records, rows, strict=True):
@@ -328,12 +333,7 @@ def test_predict_on_unlabelled_questions_writes_answers_only(
         tmp_path / "questions.jsonl", [{k: row[k] for k in ("id", "question", "context")} for row in rows]
     )
     output = tmp_path / "preds.jsonl"
-    code = predict.main(
-        ["--checkpoint", str(trained), "--task", "qa", "--input", str(source), "--output", str(output),
-         "--device", "cpu", "--max_seq_len", "24"]
-    )  # fmt: skip
-    assert code in (0, None), capfd.readouterr().err
-    records = [json.loads(line) for line in output.read_text().splitlines()]
+    records = run_predict(trained, source, output, capfd)
     assert [record["uid"] for record in records] == [row["id"] for row in rows]
     assert all("label" not in record for record in records)
     assert not output.with_name("preds.metrics.json").exists()
