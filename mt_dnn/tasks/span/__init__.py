@@ -6,6 +6,7 @@
 - ``decoding``: an example's windows' logits -> its best answer text;
 - ``scoring``: SQuAD's exact match and F1;
 - ``texts``: each question's context and gold texts as cache arrays;
+- ``settings``: a span task's own YAML keys; ``questions``: window predictions grouped back and decoded;
 - ``kind``: the ``TaskKind`` composing them (``mt_dnn.tasks`` imports it, which registers it).
 """
 

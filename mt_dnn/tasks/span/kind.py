@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,49 +50,15 @@ from mt_dnn.tasks.base import (
     assemble_rows,
 )
 from mt_dnn.tasks.registry import register_task_kind
-from mt_dnn.tasks.span.arrays import EXTRA_ARRAYS, WindowArrays, encode_questions, pack_windows
-from mt_dnn.tasks.span.decoding import SpanPrediction, decode_example
+from mt_dnn.tasks.span.arrays import EXTRA_ARRAYS, encode_questions, pack_windows
 from mt_dnn.tasks.span.head import SpanHead
+from mt_dnn.tasks.span.questions import decode_questions, window_uid
 from mt_dnn.tasks.span.scoring import SpanMetric, squad_scores
-from mt_dnn.tasks.span.texts import TEXT_ARRAYS, QuestionTexts, pack_texts
+from mt_dnn.tasks.span.settings import SpanSettings
+from mt_dnn.tasks.span.texts import TEXT_ARRAYS, pack_texts
 from mt_dnn.tasks.span.windows import PairLayout
 
-__all__ = ["DecodedQuestion", "Span", "SpanSettings", "decode_questions", "question_id"]
-
-_WINDOW_MARK = "#"
-
-
-@dataclass(frozen=True)
-class SpanSettings:
-    """A span task's own YAML keys (``TaskDef.settings``)."""
-
-    max_answer_length: int = 30  # tokens
-    doc_stride: int = 128  # context tokens between the starts of consecutive windows
-    max_question_len: int = 64  # tokens of the question kept
-    n_best: int = 20  # start and end candidates per window, and spans listed per question
-    allow_no_answer: bool = False  # SQuAD v2: an empty answer may win
-    max_context_only: bool = False  # BERT's rule: a span starts where its window gives most context
-
-    # What the cached windows depend on (a change asks for prepro_std.py again).
-    ENCODING = ("doc_stride", "max_question_len")
-
-    def encoding(self) -> dict[str, int]:
-        return {key: getattr(self, key) for key in self.ENCODING}
-
-
-@dataclass(frozen=True)
-class DecodedQuestion:
-    """One question's answer: its id, the decoding and the gold texts (``None`` when unlabelled)."""
-
-    uid: str
-    prediction: SpanPrediction
-    gold: tuple[str, ...] | None
-
-
-def question_id(window_uid: str) -> str:
-    """``<question id>#<k>`` -> the question id."""
-    return window_uid.rsplit(_WINDOW_MARK, 1)[0]
-
+__all__ = ["Span"]
 
 # --- metrics -----------------------------------------------------------------------------------------------
 
@@ -111,61 +76,6 @@ def _squad_metric(name: SpanMetric) -> Any:
 
 for _metric in SpanMetric:
     register_metric(_metric, MetricSpec(_squad_metric(_metric), higher_is_better=True, uses_context=True))
-
-
-# --- decoding a split's windows back into questions -------------------------------------------------------
-
-
-def window_arrays(split: EncodedSplit) -> WindowArrays:
-    """A span cache split's arrays as ``WindowArrays``."""
-    extras = split.extras
-    types = split.token_type_ids
-    return WindowArrays(
-        input_ids=split.input_ids,
-        token_type_ids=np.zeros(len(split.input_ids), np.int8) if types is None else types,
-        seq_offsets=split.seq_offsets,
-        start_positions=split.labels,
-        **{name: extras[name] for name in EXTRA_ARRAYS},
-    )
-
-
-def _split_rows(uids: Sequence[str], split: EncodedSplit) -> np.ndarray:
-    """The split row of each predicted window (the whole split in order, or a subset found by uid)."""
-    if len(uids) == len(split) and all(a == b for a, b in zip(uids, split.uids.tolist(), strict=True)):
-        return np.arange(len(uids))
-    index = {str(uid): i for i, uid in enumerate(split.uids.tolist())}
-    return np.array([index[uid] for uid in uids], dtype=np.int64)
-
-
-def decode_questions(task_def: TaskDef, predictions: Predictions) -> list[DecodedQuestion]:
-    """Each question's answer from its windows' scores, questions in split order."""
-    split = predictions.source
-    if split is None:
-        raise ValueError(f"task '{task_def.name}': span predictions need their cache split (source)")
-    settings: SpanSettings = task_def.settings
-    rows = _split_rows(predictions.uids, split)
-    arrays = window_arrays(split)
-    texts = QuestionTexts(split.extras)
-    owner = np.asarray(split.extras["example_index"])[rows]
-    order = np.argsort(owner, kind="stable")
-    bounds = np.flatnonzero(np.diff(owner[order])) + 1
-    decoded: list[DecodedQuestion] = []
-    for group in np.split(order, bounds) if len(order) else []:
-        q = int(owner[group[0]])
-        windows = [arrays.window(int(rows[i])) for i in group]
-        prediction = decode_example(
-            texts.context(q),
-            windows,
-            [predictions.scores[i, 0] for i in group],
-            [predictions.scores[i, 1] for i in group],
-            n_best=settings.n_best,
-            max_answer_length=settings.max_answer_length,
-            allow_no_answer=settings.allow_no_answer,
-            max_context_only=settings.max_context_only,
-        )
-        gold = texts.answers(q) if split.has_labels else None
-        decoded.append(DecodedQuestion(question_id(predictions.uids[group[0]]), prediction, gold))
-    return decoded
 
 
 # --- the kind ----------------------------------------------------------------------------------------------
@@ -267,7 +177,7 @@ class Span(TaskKind):
         labelled = bool(questions) and questions[0].answers is not None
         arrays = pack_windows(per_question, labelled=labelled)
         uids = [
-            f"{ex.uid}{_WINDOW_MARK}{k}"
+            window_uid(ex.uid, k)
             for ex, windows in zip(questions, per_question, strict=True)
             for k in range(len(windows))
         ]

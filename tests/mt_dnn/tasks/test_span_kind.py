@@ -24,7 +24,8 @@ from data_utils.errors import UserError
 from module.losses import divergence
 from mt_dnn.model import MTDNNModel, forward_batch
 from mt_dnn.tasks import TASK_KINDS, load_task_defs, parse_task_def, task_kind
-from mt_dnn.tasks.span.kind import SpanSettings, window_arrays
+from mt_dnn.tasks.span.questions import window_arrays
+from mt_dnn.tasks.span.settings import SpanSettings
 from mt_dnn.tasks.span.texts import QuestionTexts
 from tests.mt_dnn.conftest import tiny_bert_config
 
