@@ -326,9 +326,6 @@ class Span(TaskKind):
             records.append(record)
         return records
 
-    def export_label_names(self, task_def: TaskDef) -> list[str]:
-        return ["start", "end"]
-
 
 def _pad(scores: np.ndarray, width: int) -> np.ndarray:
     if scores.shape[-1] == width:

@@ -356,3 +356,35 @@ def test_a_resumed_smart_run_equals_the_uninterrupted_one(qa_run: dict[str, Any]
     expected, actual = full.model.state_dict(), resumed.model.state_dict()
     for key, value in expected.items():
         torch.testing.assert_close(actual[key], value, rtol=0, atol=1e-6, msg=key)
+
+
+def test_span_trains_beside_a_classification_task(
+    qa_run: dict[str, Any], tmp_path: Path, tiny_tokenizer_dir: Path
+) -> None:
+    """One multi-task run: each task keeps its own metrics (the span kind's context hook leaves the others'
+    as they were)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "dev"):
+        shutil.copy(qa_run["data"] / f"qa_{split}.jsonl", data / f"qa_{split}.jsonl")
+        rows = [
+            {"uid": f"{split}{i}", "premise": "good movie" if i % 2 else "bad film", "label": i % 2}
+            for i in range(16)
+        ]
+        write_rows(data / f"single_{split}.jsonl", rows)
+    (tmp_path / "tasks.yml").write_text(
+        (qa_run["root"] / "tasks.yml").read_text()
+        + "single:\n  task_type: classification\n  data_format: premise_only\n  n_class: 2\n"
+        "  split_names: [train, dev]\n"
+    )
+    prepro_std.main(
+        ["--task_def", str(tmp_path / "tasks.yml"), "--root_dir", str(data), "--model", str(tiny_tokenizer_dir),
+         "--max_seq_len", "24", "--cache_name", "tiny", "--no_progress"]
+    )  # fmt: skip
+    run = {**qa_run, "root": tmp_path, "data": data}
+    results = train.main(
+        [*flags(run, tmp_path / "out", "--adv_train", "--epochs", "1"), "--train_datasets", "qa,single"]
+    )
+    final = results["final_eval"]
+    assert set(final["qa_dev"]) == {"exact_match", "squad_f1"} and set(final["single_dev"]) == {"acc"}
+    assert all(math.isfinite(value) for metrics in final.values() for value in metrics.values())
