@@ -28,6 +28,7 @@ from mt_dnn.tasks.span.questions import window_arrays
 from mt_dnn.tasks.span.settings import SpanSettings
 from mt_dnn.tasks.span.texts import QuestionTexts
 from tests.mt_dnn.conftest import tiny_bert_config
+from tests.mt_dnn.tasks.runs import every_method, train_flags, train_losses
 
 FIXTURES = Path(__file__).parents[2] / "data_utils" / "fixtures" / "squad"
 ENTRY = "  task_type: span\n  data_format: premise_and_one_hypothesis\n"
@@ -171,37 +172,13 @@ def qa_run(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -
     return {"root": root, "data": data, "task_defs": task_defs, "encoder": encoder}
 
 
-def flags(run: dict[str, Any], out: Path, *extra: str) -> list[str]:
-    return [
-        "--task_def", str(run["root"] / "tasks.yml"),
-        "--data_dir", str(run["data"] / "tiny"),
-        "--init_checkpoint", str(run["encoder"]),
-        "--train_datasets", "qa",
-        "--output_dir", str(out),
-        "--epochs", "4",
-        "--batch_size", "8",
-        "--learning_rate", "2e-3",
-        "--log_every_steps", "4",
-        "--seed", "3",
-        "--no-progress",
-        *extra,
-    ]  # fmt: skip
-
-
-def train_losses(out: Path) -> list[float]:
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [record["loss"]["qa"] for record in records if record["type"] == "train"]
-
-
-@pytest.mark.parametrize(
-    "method", [[], ["--adv_train"], ["--adv_method", "freelb"]], ids=["plain", "smart", "freelb"]
-)
+@every_method
 def test_training_has_finite_falling_losses_and_reports_em_f1(
     qa_run: dict[str, Any], tmp_path: Path, method: list[str]
 ) -> None:
-    results = train.main(flags(qa_run, tmp_path, *method))
+    results = train.main(train_flags(qa_run, "qa", tmp_path, *method))
     assert results["finished"]
-    losses = train_losses(tmp_path)
+    losses = train_losses(tmp_path, "qa")
     assert len(losses) >= 4 and all(math.isfinite(loss) for loss in losses)
     assert losses[-1] < losses[0]
     final = results["final_eval"]["qa_dev"]
@@ -213,7 +190,7 @@ def test_training_has_finite_falling_losses_and_reports_em_f1(
 @pytest.fixture(scope="module")
 def trained(qa_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("qa_out")
-    train.main(flags(qa_run, out))
+    train.main(train_flags(qa_run, "qa", out))
     return out / "best"
 
 
@@ -345,7 +322,7 @@ def test_a_resumed_smart_run_equals_the_uninterrupted_one(qa_run: dict[str, Any]
     from mt_dnn.trainer import Trainer
 
     def trainer(out: Path, *extra: str) -> Trainer:
-        return Trainer(parse_config(flags(qa_run, out, "--adv_train", "--epochs", "2", *extra)))
+        return Trainer(parse_config(train_flags(qa_run, "qa", out, "--adv_train", "--epochs", "2", *extra)))
 
     full = trainer(tmp_path / "full")
     full.train()
@@ -383,7 +360,11 @@ def test_span_trains_beside_a_classification_task(
     )  # fmt: skip
     run = {**qa_run, "root": tmp_path, "data": data}
     results = train.main(
-        [*flags(run, tmp_path / "out", "--adv_train", "--epochs", "1"), "--train_datasets", "qa,single"]
+        [
+            *train_flags(run, "qa", tmp_path / "out", "--adv_train", "--epochs", "1"),
+            "--train_datasets",
+            "qa,single",
+        ]
     )
     final = results["final_eval"]
     assert set(final["qa_dev"]) == {"exact_match", "squad_f1"} and set(final["single_dev"]) == {"acc"}
