@@ -21,6 +21,7 @@ import inspect
 import math
 import zlib
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
@@ -35,6 +36,7 @@ __all__ = [
     "MultiTaskBatchSampler",
     "ProportionalStrategy",
     "SamplingStrategy",
+    "SamplingConfig",
     "SamplingStrategyName",
     "TemperatureStrategy",
     "make_strategy",
@@ -160,6 +162,62 @@ def make_strategy(name: str | SamplingStrategyName, **kwargs: Any) -> SamplingSt
         accepted = ", ".join(inspect.signature(cls).parameters) or "none"
         given = ", ".join(sorted(kwargs))
         raise ValueError(f"sampling strategy '{key}' takes parameters ({accepted}), got ({given})") from None
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """A run's ``sampling:`` section: the strategy, its parameters, and length bucketing.
+
+    ``ratio`` and ``mix_opt`` are mt-dnn's (``MixOptStrategy``), ``temperature`` is ``TemperatureStrategy``'s;
+    ``build`` passes a strategy only the parameters its constructor takes. As in mt-dnn, a ``ratio`` or
+    ``mix_opt`` above 0 with the default ``proportional`` strategy means ``mix_opt``.
+    """
+
+    strategy: SamplingStrategyName = SamplingStrategyName.PROPORTIONAL
+    ratio: float = 0.0
+    mix_opt: int = 0
+    temperature: float = 1.0
+    bucket_window: int = 20
+
+    def __post_init__(self) -> None:
+        strategy = parse_enum(SamplingStrategyName, self.strategy)
+        if strategy is SamplingStrategyName.PROPORTIONAL and (self.mix_opt > 0 or self.ratio > 0):
+            strategy = SamplingStrategyName.MIX_OPT
+        object.__setattr__(self, "strategy", strategy)
+        if not (math.isfinite(self.ratio) and self.ratio >= 0):
+            raise ValueError(f"ratio must be a finite number >= 0, got {self.ratio}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
+        for name in ("mix_opt", "bucket_window"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def make_strategy(self) -> SamplingStrategy:
+        """The strategy, given the parameters of this section its constructor takes."""
+        accepted = inspect.signature(_STRATEGIES[self.strategy]).parameters
+        return make_strategy(self.strategy, **{name: getattr(self, name) for name in accepted})
+
+    def build(
+        self,
+        task_sizes: Mapping[str, int],
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        lengths: Mapping[str, np.ndarray] | None = None,
+    ) -> MultiTaskBatchSampler:
+        """The sampler this section describes (``lengths`` is used only when bucketing is on)."""
+        return MultiTaskBatchSampler(
+            task_sizes,
+            batch_size,
+            self.make_strategy(),
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            lengths=lengths if self.bucket_window else None,
+            bucket_window=self.bucket_window,
+        )
 
 
 def _task_word(task: str) -> int:

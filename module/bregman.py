@@ -53,6 +53,10 @@ class BregmanConfig:
         if self.update_every < 1:
             raise ValueError(f"Bregman update_every must be >= 1, got {self.update_every}")
 
+    def build(self, model: nn.Module, total_steps: int) -> BregmanProximalPoint | None:
+        """The proximal point on ``model`` for a run of ``total_steps`` updates; None when ``mu`` is 0."""
+        return BregmanProximalPoint(model, self, total_steps) if self.mu else None
+
 
 class BregmanProximalPoint:
     """The EMA teacher and its proximal term. Not a submodule of the model (DDP and checkpoints ignore it)."""

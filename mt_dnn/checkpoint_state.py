@@ -6,7 +6,10 @@ count. ``state_dict()`` is the dict ``trainer_state.pt`` holds; ``load_state_dic
 
 A resumed run must be the interrupted one: every config key must match except ``RESUMABLE_CHANGES``, the keys
 that change how a run is watched, where it runs or how fast, never what it computes. A key added to the
-config later must match until it is listed here.
+config later must match until it is listed here. Keys are ``TrainConfig.flat_dict``'s: a section's by its
+dotted name (``adversarial.epsilon``, ``bregman.update_every``); a state saved before the sections existed,
+with mt-dnn's flat names (``adv_epsilon``, ``bregman_steps``), is read through the aliases
+(``mt_dnn.config.flat_identity``), so it still resumes.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from data_utils.errors import UserError
 from data_utils.sampler import MultiTaskBatchSampler
 from data_utils.task_def import TaskDef
 from mt_dnn.best_checkpoint import BestCheckpoint
-from mt_dnn.config import TrainConfig
+from mt_dnn.config import TrainConfig, flat_identity, key_label
 from mt_dnn.model import MTDNNModel
 from mt_dnn.update import SkippedSteps
 
@@ -55,7 +58,7 @@ STATE_FILE = "trainer_state.pt"
 TEACHER_FILE = "bregman_teacher.safetensors"
 STATE_VERSION = 1
 
-# Config keys a resumed run may change.
+# Config keys a resumed run may change (run-wide ones; no section key is).
 RESUMABLE_CHANGES = frozenset(
     {
         "output_dir",
@@ -88,7 +91,7 @@ class Progress:
 
 def resume_identity(config: TrainConfig) -> dict[str, Any]:
     """The config values that must match for --resume to continue the same run (all but the changeable)."""
-    return {key: value for key, value in config.to_dict().items() if key not in RESUMABLE_CHANGES}
+    return {key: value for key, value in config.flat_dict().items() if key not in RESUMABLE_CHANGES}
 
 
 def data_identity(task_defs: Mapping[str, TaskDef], train: MultiTaskDataset) -> dict[str, str]:
@@ -119,16 +122,16 @@ def check_resumable(
 
     ``config``: ``resume_identity`` of this run; ``data``: its ``data_identity``.
     """
-    saved = state["config"]
+    saved = flat_identity(state["config"])
     unrecorded = [key for key in config if key not in saved]
     if unrecorded:
         raise UserError(
-            f"{path}: written by an older train.py that did not record --{unrecorded[0]}; "
+            f"{path}: written by an older train.py that did not record {key_label(unrecorded[0])}; "
             "resume it with that version, or start over with --overwrite_output_dir"
         )
     changed = [key for key in config if saved.get(key) != config[key]]
     if changed:
-        raise UserError(f"{path}: cannot resume: --{changed[0]} differs from the interrupted run")
+        raise UserError(f"{path}: cannot resume: {key_label(changed[0])} differs from the interrupted run")
     saved_data = state.get("data")
     if saved_data is not None and saved_data != data:
         what = next(key for key in data if saved_data.get(key) != data[key])

@@ -1,6 +1,19 @@
-"""A training run's configuration: one dataclass, its flags (mt-dnn's names), and ``--config run.yml``.
+"""A training run's configuration: ``TrainConfig``, its sections, its flags, and ``--config run.yml``.
 
-Precedence: dataclass defaults < ``--config`` YAML < flags given on the command line.
+``TrainConfig`` holds the run-wide knobs and three sections, each parsed by its component's own dataclass:
+``adversarial`` (``module.adversarial.AdversarialConfig``: a method and its config's fields), ``bregman``
+(``module.bregman.BregmanConfig``) and ``sampling`` (``data_utils.sampler.SamplingConfig``). A section key is
+spelt ``section.field`` on the command line (``--bregman.update_every 2``) and nested in the YAML
+(``bregman: {update_every: 2}``). mt-dnn's flat names are aliases of those keys, in flags and in the YAML
+alike: ``--adv_<name>`` is ``adversarial.<name>``, ``--adv_method`` is ``adversarial.method``,
+``--adv_train`` alone is ``adversarial.method: smart``, and ``FLAT_ALIASES`` lists the Bregman and sampling
+ones. The flags are derived from the dataclasses' fields, so a new field (or a registered method's
+parameter) gets its flag.
+
+Precedence: dataclass defaults < ``--config`` YAML < flags given on the command line. Two rules of mt-dnn's
+flags are applied when a config is built from keys (``TrainConfig.from_dict``): SMART's Bregman weight
+``mu`` defaults to 1 (0, off, for every other method and for plain runs), and ``ratio`` or ``mix_opt`` above 0
+picks the ``mix_opt`` strategy (in ``SamplingConfig``). ``validate`` only checks.
 """
 
 from __future__ import annotations
@@ -8,29 +21,48 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import io
 import math
+import os
+import re
 import sys
-from collections.abc import Sequence
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
 from data_utils.enums import parse_enum
 from data_utils.errors import UserError, exit_on_user_error
-from data_utils.sampler import SamplingStrategyName
+from data_utils.sampler import SamplingConfig, SamplingStrategyName
 from data_utils.yaml_io import load_yaml
 from module.adversarial import (
-    METHODS,
+    AdversarialConfig,
     AdversarialMethodName,
-    NoiseType,
-    NormLevel,
-    PNorm,
-    Radius,
-    method_parameters,
+    method_names,
+    method_spec,
+    parameter_types,
 )
-from module.bregman import TeacherMode
+from module.bregman import BregmanConfig
+
+__all__ = [
+    "FLAT_ALIASES",
+    "SECTIONS",
+    "OptimizerName",
+    "SamplingStrategyName",
+    "SchedulerName",
+    "TrainConfig",
+    "build_parser",
+    "check_flags",
+    "flat_identity",
+    "key_label",
+    "load_config_file",
+    "parse_config",
+    "validate",
+]
 
 
 class OptimizerName(StrEnum):
@@ -46,9 +78,39 @@ class SchedulerName(StrEnum):
     CONSTANT = "constant"
 
 
+class Section(StrEnum):
+    ADVERSARIAL = "adversarial"
+    BREGMAN = "bregman"
+    SAMPLING = "sampling"
+
+
+SECTIONS: tuple[str, ...] = tuple(section.value for section in Section)
+_ADV_PREFIX = "adv_"
+_ADV_TRAIN = "adv_train"  # a flat switch, not a key: alone it means adversarial.method = smart
+# mt-dnn's flat names of section keys (besides --adv_<parameter>, derived from the registered methods).
+FLAT_ALIASES: Mapping[str, str] = types.MappingProxyType(
+    {
+        "adv_method": "adversarial.method",
+        "bregman_mu": "bregman.mu",
+        "bregman_beta": "bregman.beta",
+        "bregman_beta_warmup": "bregman.beta_warmup",
+        "bregman_warmup": "bregman.warmup_fraction",
+        "bregman_steps": "bregman.update_every",
+        "bregman_teacher_mode": "bregman.teacher_mode",
+        "sampling": "sampling.strategy",
+        "mix_opt": "sampling.mix_opt",
+        "ratio": "sampling.ratio",
+        "temperature": "sampling.temperature",
+        "bucket_window": "sampling.bucket_window",
+    }
+)
+
+
 @dataclass
 class TrainConfig:
-    """Every knob of a training run. Field names are the command-line flags (mt-dnn's where they exist)."""
+    """Every knob of a training run. Run-wide field names are the command-line flags (mt-dnn's where they
+    exist); ``adversarial``, ``bregman`` and ``sampling`` are the components' sections (see the module
+    doc)."""
 
     # data and tasks
     task_def: str = ""
@@ -70,36 +132,6 @@ class TrainConfig:
     grad_accumulation_step: int = 1
     optimizer: OptimizerName = OptimizerName.ADAMW
     scheduler_type: SchedulerName = SchedulerName.LINEAR
-    # multi-task sampling
-    sampling: SamplingStrategyName = SamplingStrategyName.PROPORTIONAL
-    mix_opt: int = 0
-    ratio: float = 0.0
-    temperature: float = 1.0
-    bucket_window: int = 20
-    # adversarial training: --adv_train alone is SMART (Jiang et al. 2020); --adv_method picks any registered
-    # method (and implies --adv_train). A hyper-parameter left at None takes the method's paper default.
-    adv_train: bool = False
-    adv_method: AdversarialMethodName | None = None
-    adv_alpha: float | None = None
-    adv_k: int | None = None
-    adv_step_size: float | None = None
-    adv_noise_var: float | None = None
-    adv_epsilon: float | None = None
-    adv_p_norm: PNorm | None = None
-    adv_norm_level: NormLevel | None = None
-    adv_dropout_replay: bool | None = None
-    adv_init_mag: float | None = None
-    adv_replays: int | None = None
-    adv_outer_steps: int | None = None
-    adv_noise_type: NoiseType | None = None
-    adv_radius: Radius | None = None
-    # momentum Bregman proximal point (SMART Alg. 1); None: 1.0 with --adv_train (the paper's SMART), else off
-    bregman_mu: float | None = None
-    bregman_beta: float = 0.999
-    bregman_beta_warmup: float = 0.99
-    bregman_warmup: float = 0.1
-    bregman_steps: int = 1
-    bregman_teacher_mode: TeacherMode = TeacherMode.EVAL
     # model
     dropout_p: float = 0.1
     use_encoder_pooler: bool = False
@@ -122,70 +154,250 @@ class TrainConfig:
     bf16: bool = False
     fp16: bool = False
     gradient_checkpointing: bool = False
+    # sections. A plain TrainConfig() trains without Bregman; from_dict gives SMART its mu of 1.
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    bregman: BregmanConfig = field(default_factory=lambda: BregmanConfig(mu=0.0))
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self) -> None:
-        for name, enum in _ENUM_FIELDS.items():
-            if getattr(self, name) is not None:
-                setattr(self, name, enum(getattr(self, name)))
-        if self.adv_method is not None:
-            self.adv_train = True
-        elif self.adv_train:
-            self.adv_method = AdversarialMethodName.SMART
-        if self.bregman_mu is None:
-            self.bregman_mu = 1.0 if self.adv_method is AdversarialMethodName.SMART else 0.0
+        self.optimizer = OptimizerName(self.optimizer)
+        self.scheduler_type = SchedulerName(self.scheduler_type)
 
-    def adversarial_parameters(self) -> dict[str, Any]:
-        """The adversarial hyper-parameters given (flags or YAML), by the method's parameter names."""
-        values = {name: getattr(self, f"{_ADV_PREFIX}{name}") for name in ADVERSARIAL_PARAMETERS}
-        return {name: value for name, value in values.items() if value is not None}
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, source: str | Path | None = None) -> TrainConfig:
+        """A config from keys in any accepted spelling: run-wide names, nested sections, dotted section keys
+        (``bregman.mu``) and mt-dnn's flat aliases; ``source`` (a file) is named in errors."""
+        return _build(_canonical(values, source))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            key: (value.value if isinstance(value, StrEnum) else value) for key, value in vars(self).items()
-        }
+        """Run-wide keys and one mapping per section (enums as their values): what ``mtdnn.json`` and
+        ``results.json`` record, and what ``from_dict`` reads back."""
+        flat = self.flat_dict()
+        nested: dict[str, Any] = {key: value for key, value in flat.items() if "." not in key}
+        for section in SECTIONS:
+            prefix = f"{section}."
+            nested[section] = {
+                key[len(prefix) :]: value
+                for key, value in flat.items()
+                if key.startswith(prefix) and not (section == Section.ADVERSARIAL and value is None)
+            }
+        return nested
+
+    def flat_dict(self) -> dict[str, Any]:
+        """Every key by its dotted name (``adversarial.epsilon``; None for a method parameter not given)."""
+        values: dict[str, Any] = {}
+        for item in dataclasses.fields(self):
+            if item.name not in SECTIONS:
+                values[item.name] = _plain(getattr(self, item.name))
+        values["adversarial.method"] = _plain(self.adversarial.method)
+        for name in parameter_types():
+            values[f"adversarial.{name}"] = _plain(self.adversarial.parameters.get(name))
+        for section in (Section.BREGMAN, Section.SAMPLING):
+            for key, value in dataclasses.asdict(getattr(self, section)).items():
+                values[f"{section.value}.{key}"] = _plain(value)
+        return values
 
 
-_ENUM_FIELDS: dict[str, type[StrEnum]] = {
-    "optimizer": OptimizerName,
-    "scheduler_type": SchedulerName,
-    "sampling": SamplingStrategyName,
-    "adv_method": AdversarialMethodName,
-    "adv_p_norm": PNorm,
-    "adv_norm_level": NormLevel,
-    "adv_noise_type": NoiseType,
-    "adv_radius": Radius,
-    "bregman_teacher_mode": TeacherMode,
-}
-_ADV_PREFIX = "adv_"
-# The adversarial flags that are method hyper-parameters: --adv_<name> sets the method config's <name>.
-ADVERSARIAL_PARAMETERS = (
-    "alpha",
-    "k",
-    "step_size",
-    "noise_var",
-    "epsilon",
-    "p_norm",
-    "norm_level",
-    "dropout_replay",
-    "init_mag",
-    "replays",
-    "outer_steps",
-    "noise_type",
-    "radius",
-)
-# Fields whose default is None: the type their value takes when given.
-_OPTIONAL_TYPES: dict[str, type] = {
-    "bregman_mu": float,
-    "adv_alpha": float,
-    "adv_k": int,
-    "adv_step_size": float,
-    "adv_noise_var": float,
-    "adv_epsilon": float,
-    "adv_dropout_replay": bool,
-    "adv_init_mag": float,
-    "adv_replays": int,
-    "adv_outer_steps": int,
-}
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
+
+
+# -- keys, their types and their spellings -------------------------------------------------------------
+
+
+def _plain_type(hint: Any) -> Any:
+    """``float | None`` -> ``float``; other hints stay as they are."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+def key_types() -> dict[str, Any]:
+    """``{dotted key: type}`` of every key, from the dataclasses' fields (and the registered methods')."""
+    hints = typing.get_type_hints(TrainConfig)
+    keys = {
+        item.name: _plain_type(hints[item.name])
+        for item in dataclasses.fields(TrainConfig)
+        if item.name not in SECTIONS
+    }
+    keys["adversarial.method"] = str
+    keys.update({f"adversarial.{name}": _plain_type(kind) for name, kind in parameter_types().items()})
+    for section, owner in ((Section.BREGMAN, BregmanConfig), (Section.SAMPLING, SamplingConfig)):
+        owner_hints = typing.get_type_hints(owner)
+        for item in dataclasses.fields(owner):
+            keys[f"{section}.{item.name}"] = _plain_type(owner_hints[item.name])
+    return keys
+
+
+def aliases() -> dict[str, str]:
+    """``{flat name: dotted key}``: ``FLAT_ALIASES`` and ``adv_<parameter>`` for every registered method's."""
+    derived = {f"{_ADV_PREFIX}{name}": f"adversarial.{name}" for name in parameter_types()}
+    return {**derived, **FLAT_ALIASES}
+
+
+def key_label(key: str) -> str:
+    """How errors name a key: ``--bregman.update_every (--bregman_steps)``; a run-wide one as ``--epochs``."""
+    flat = [name for name, target in aliases().items() if target == key]
+    return f"--{key}" + (f" (--{flat[0]})" if flat else "")
+
+
+def _hint(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _canonical(values: Mapping[str, Any], source: str | Path | None) -> dict[str, Any]:
+    """``{dotted key: coerced value}`` (and ``adv_train``) from keys in any spelling; one ``UserError`` per
+    mistake, naming ``source``, the section and the key."""
+    where = f"{source}: " if source is not None else ""
+    types_ = key_types()
+    flat = aliases()
+    out: dict[str, Any] = {}
+    spelt: dict[str, str] = {}
+
+    def put(key: str, value: Any, shown: str) -> None:
+        if key in out:
+            raise UserError(f"{where}{shown}: {spelt[key]} already sets {key}")
+        if value is None and not _may_be_none(key):
+            raise UserError(f"{where}{shown}: expected a value, got null")
+        out[key], spelt[key] = _coerce(f"{where}{shown}", value, types_.get(key, bool)), shown
+
+    for raw, value in values.items():
+        key = str(raw)
+        if key in SECTIONS and isinstance(value, Mapping):
+            known = [name.split(".", 1)[1] for name in types_ if name.startswith(f"{key}.")]
+            for sub, sub_value in value.items():
+                if str(sub) not in known:
+                    raise UserError(
+                        f"{where}section '{key}': key '{sub}': unknown{_hint(str(sub), known)} "
+                        f"(the section's keys: {', '.join(known)})"
+                    )
+                put(f"{key}.{sub}", sub_value, f"section '{key}': key '{sub}'")
+            continue
+        name = flat.get(key, key)
+        if name not in types_ and name != _ADV_TRAIN:
+            spellings = [item for item in types_ if "." not in item] + [*flat, _ADV_TRAIN, *SECTIONS]
+            raise UserError(f"{where}key '{key}': unknown training option{_hint(key, spellings)}")
+        put(name, value, f"key '{key}'")
+    return out
+
+
+def _may_be_none(key: str) -> bool:
+    """The keys whose None means "not given": a method's parameters (its default), SMART's Bregman mu."""
+    return key.startswith("adversarial.") or key in ("bregman.mu", _ADV_TRAIN)
+
+
+def _coerce(shown: str, value: Any, expected: Any) -> Any:
+    """A YAML (or flag) value as the key's type; PyYAML's ``3e-5`` string is taken as the float meant."""
+    if typing.get_origin(expected) is list:
+        if isinstance(value, str):
+            return _comma_list(value)
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return value
+        raise UserError(f"{shown}: expected a list of task names")
+    if value is None:
+        return None
+    if isinstance(expected, type) and issubclass(expected, Enum):
+        try:
+            return parse_enum(expected, value)
+        except ValueError as error:
+            raise UserError(f"{shown}: {error}") from None
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is str and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if expected is float and isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise UserError(f"{shown}: expected {expected.__name__}, got {value!r}")
+    return value
+
+
+def _method_name(value: str) -> str:
+    """A built-in method by any spelling ``parse_enum`` takes (``FreeLB``), else the name as given."""
+    try:
+        return parse_enum(AdversarialMethodName, value)
+    except ValueError:
+        return value
+
+
+def _build(values: Mapping[str, Any]) -> TrainConfig:
+    """The config of canonical ``values``: the sections built by their own dataclasses."""
+    sections: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    run_wide: dict[str, Any] = {}
+    for key, value in values.items():
+        if "." in key:
+            section, name = key.split(".", 1)
+            sections[section][name] = value
+        elif key != _ADV_TRAIN:
+            run_wide[key] = value
+    adversarial = _adversarial(sections[Section.ADVERSARIAL], bool(values.get(_ADV_TRAIN)))
+    bregman = {key: value for key, value in sections[Section.BREGMAN].items() if value is not None}
+    bregman.setdefault("mu", 1.0 if adversarial.method == AdversarialMethodName.SMART else 0.0)
+    built: dict[str, Any] = {Section.ADVERSARIAL.value: adversarial}
+    for section, owner in ((Section.BREGMAN, BregmanConfig), (Section.SAMPLING, SamplingConfig)):
+        given = bregman if section is Section.BREGMAN else sections[section]
+        try:
+            built[section.value] = owner(**given)
+        except ValueError as error:
+            fields = [item.name for item in dataclasses.fields(owner)]
+            raise UserError(_section_error(section, error, fields)) from None
+    return TrainConfig(**run_wide, **built)
+
+
+def _adversarial(given: Mapping[str, Any], adv_train: bool) -> AdversarialConfig:
+    parameters = {key: value for key, value in given.items() if key != "method" and value is not None}
+    method = given.get("method")
+    if method is None and adv_train:
+        method = AdversarialMethodName.SMART
+    if method is None:
+        if parameters:
+            raise UserError(
+                f"{key_label(f'adversarial.{next(iter(parameters))}')} needs --adv_train or --adv_method"
+            )
+        return AdversarialConfig()
+    try:
+        spec = method_spec(_method_name(str(method)))
+    except ValueError as error:
+        raise UserError(f"{key_label('adversarial.method')}: {error}") from None
+    known = parameter_types(spec.name)
+    for name in parameters:
+        if name not in known:
+            takes = ", ".join(f"--adv_{item}" for item in known)
+            raise UserError(
+                f"{key_label(f'adversarial.{name}')} does not apply to adversarial method {spec.name} "
+                f"(it takes {takes})"
+            )
+    try:
+        return AdversarialConfig(spec.name, parameters)
+    except ValueError as error:
+        context = f"adversarial method {spec.name}: {error}"
+        raise UserError(_section_error(Section.ADVERSARIAL, context, list(known))) from None
+
+
+def _section_error(section: str, error: Exception | str, fields: Sequence[str]) -> str:
+    """A section's refusal, led by the flag of the field it names (``--bregman.beta (--bregman_beta): ``)."""
+    message = str(error)
+    for name in sorted(fields, key=len, reverse=True):
+        if re.search(rf"(?<![\w.]){re.escape(name)}(?![\w.])", message):
+            return f"{key_label(f'{section}.{name}')}: {message}"
+    return f"{section} section: {message}"
+
+
+def flat_identity(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config (``resume_identity`` of its run) by dotted keys; one written before the sections
+    existed (mt-dnn's flat keys: ``adv_epsilon``, ``bregman_steps``, ...) is read through the aliases, and a
+    key it did not record stays absent."""
+    if "adversarial.method" in saved:
+        return dict(saved)
+    given = _canonical(saved, "saved config")
+    recorded = set(given) | ({"adversarial.method"} if _ADV_TRAIN in given else set())
+    return {key: value for key, value in _build(given).flat_dict().items() if key in recorded}
+
+
+# -- flags ---------------------------------------------------------------------------------------------
+
 _HELP = {
     "task_def": "task-definition YAML",
     "data_dir": "token-id cache folder written by prepro_std.py (e.g. data/demo/minilm)",
@@ -194,11 +406,6 @@ _HELP = {
     "init_checkpoint": "HF encoder folder or one of our checkpoints",
     "warmup": "fraction of optimizer steps spent warming the learning rate up",
     "grad_clipping": "max gradient norm (0 turns clipping off)",
-    "sampling": "how each step's task is chosen: proportional | mix_opt | temperature",
-    "mix_opt": "mt-dnn's mix_opt: >0 puts the auxiliary tasks' batches before the main (first) task's",
-    "ratio": "mt-dnn's ratio: auxiliary batches = ratio x main-task batches (0: all)",
-    "bucket_window": "sort rows by length within windows of this many batches, then shuffle the batches "
-    "(0: off); less padding, the same rows every epoch",
     "eval_every_steps": "also evaluate every N optimizer steps (0: once per epoch)",
     "save_every_steps": "also save the resumable 'last' checkpoint every N optimizer steps",
     "best_metric": "'mean' (of each eval task's first metric on its first dev split) or TASK:METRIC",
@@ -207,72 +414,110 @@ _HELP = {
     "results.json); without it (or --resume) train.py refuses to write over a run",
     "max_steps": "stop after this many optimizer steps (0: --epochs decides); the schedule spans them",
     "max_nonfinite_steps": "stop after this many non-finite losses in a row",
-    "adv_train": "adversarial training; alone: SMART (adversarial term + Bregman step)",
-    "adv_method": "adversarial method (implies --adv_train; default smart); each takes its paper's defaults",
-    "adv_alpha": "weight of the adversarial term (task YAML adv_alpha overrides per task)",
-    "adv_k": "ascent steps per batch (SMART/ALUM/PGD/FreeLB K; YOPO's n first-layer steps)",
-    "adv_step_size": "ascent step size (on the normalised gradient)",
-    "adv_noise_var": "std of the initial noise (mt-dnn's name; SMART/ALUM/R3F sigma)",
-    "adv_epsilon": "radius of the perturbation ball in --adv_p_norm",
-    "adv_p_norm": "norm of the ascent normalisation and of the ball: inf | l2 | l1",
-    "adv_norm_level": "norms per token or per sentence",
-    "adv_dropout_replay": "adversarial forwards reuse the clean pass's dropout masks (off, the default and "
-    "mt-dnn's behaviour: the term also compares two dropout samples, R-Drop-like)",
-    "adv_init_mag": "FreeLB: magnitude of the uniform initial perturbation",
-    "adv_replays": "FreeAT: replays (optimizer steps) per batch, m",
-    "adv_outer_steps": "YOPO: full forward/backward passes per batch, m",
-    "adv_noise_type": "R3F/R4F noise: normal | uniform",
-    "adv_radius": "absolute: epsilon, step size and noise in embedding units (the papers'); relative: as "
-    "fractions of each token's/sentence's own embedding size (delta_ratio ~ epsilon on any encoder)",
-    "bregman_mu": "weight of the Bregman proximal term (default: 1 with --adv_train, else 0 = off)",
-    "bregman_beta": "EMA decay of the Bregman teacher after the warm-up",
-    "bregman_beta_warmup": "EMA decay during the first --bregman_warmup fraction of updates",
-    "bregman_warmup": "fraction of optimizer steps that use --bregman_beta_warmup",
-    "bregman_steps": "update the Bregman teacher every S optimizer steps",
-    "bregman_teacher_mode": "the teacher's forward: eval (no dropout, the default) or train (with dropout); "
-    "the teacher starts as a copy of the initial model",
     "early_stopping_patience": "stop after this many evaluations in a row without a new best (0: off); "
     "labelled test splits are then scored by the best checkpoint as usual",
     "compile": "torch.compile the encoder's layers (off by default: see docs/benchmarks.md)",
     "bf16": "mixed precision: torch.autocast with bfloat16 (no loss scaling needed)",
     "fp16": "mixed precision: torch.autocast with float16 and a dynamic loss scale (torch.amp.GradScaler)",
     "gradient_checkpointing": "recompute encoder activations in the backward (non-reentrant): less memory",
+    _ADV_TRAIN: "adversarial training; alone: SMART (adversarial term + Bregman step)",
+    "adversarial.method": "adversarial method (implies --adv_train; default smart); each takes its paper's "
+    "defaults",
+    "adversarial.alpha": "weight of the adversarial term (task YAML adv_alpha overrides per task)",
+    "adversarial.k": "ascent steps per batch (SMART/ALUM/PGD/FreeLB K; YOPO's n first-layer steps)",
+    "adversarial.step_size": "ascent step size (on the normalised gradient)",
+    "adversarial.noise_var": "std of the initial noise (mt-dnn's name; SMART/ALUM/R3F sigma)",
+    "adversarial.epsilon": "radius of the perturbation ball in p_norm (inf: no bound)",
+    "adversarial.p_norm": "norm of the ascent normalisation and of the ball",
+    "adversarial.norm_level": "norms per token or per sentence",
+    "adversarial.dropout_replay": "adversarial forwards reuse the clean pass's dropout masks (off, the "
+    "default and mt-dnn's behaviour: the term also compares two dropout samples, R-Drop-like)",
+    "adversarial.init_mag": "FreeLB: magnitude of the uniform initial perturbation",
+    "adversarial.replays": "FreeAT: replays (optimizer steps) per batch, m",
+    "adversarial.outer_steps": "YOPO: full forward/backward passes per batch, m",
+    "adversarial.noise_type": "R3F/R4F noise",
+    "adversarial.radius": "absolute: epsilon, step size and noise in embedding units (the papers'); "
+    "relative: as fractions of each token's/sentence's own embedding size (delta_ratio ~ epsilon on any "
+    "encoder)",
+    "bregman.mu": "weight of the Bregman proximal term (default: 1 with SMART, else 0 = off)",
+    "bregman.beta": "EMA decay of the Bregman teacher after the warm-up",
+    "bregman.beta_warmup": "EMA decay during the first warmup_fraction of updates",
+    "bregman.warmup_fraction": "fraction of optimizer steps that use beta_warmup",
+    "bregman.update_every": "update the Bregman teacher every S optimizer steps",
+    "bregman.teacher_mode": "the teacher's forward: eval (no dropout, the default) or train (with dropout); "
+    "the teacher starts as a copy of the initial model",
+    "sampling.strategy": "how each step's task is chosen",
+    "sampling.mix_opt": "mt-dnn's mix_opt: >0 puts the auxiliary tasks' batches before the main (first) "
+    "task's",
+    "sampling.ratio": "mt-dnn's ratio: auxiliary batches = ratio x main-task batches (0: all)",
+    "sampling.temperature": "temperature strategy: draw tasks with probability ~ rows ** (1 / T)",
+    "sampling.bucket_window": "sort rows by length within windows of this many batches, then shuffle the "
+    "batches (0: off); less padding, the same rows every epoch",
+}
+_GROUPS = {
+    None: "run",
+    Section.ADVERSARIAL: "adversarial (YAML section 'adversarial:'; a method's parameters, its defaults "
+    "where not given)",
+    Section.BREGMAN: "bregman (YAML section 'bregman:'; SMART's momentum Bregman proximal point)",
+    Section.SAMPLING: "sampling (YAML section 'sampling:'; the multi-task batch sampler)",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """train.py's flags: one per key of ``key_types`` (its dotted name and its flat aliases), grouped by
+    section."""
     parser = argparse.ArgumentParser(description="Multi-task fine-tuning of a shared encoder.")
     parser.add_argument("--config", help="YAML file with any of the keys below (flags override it)")
-    for item in dataclasses.fields(TrainConfig):
-        flag = f"--{item.name}"
-        default = item.default if item.default is not dataclasses.MISSING else None
-        kwargs: dict[str, Any] = {"help": _HELP.get(item.name, "")}
-        if item.name in _ENUM_FIELDS:
-            choices = [member.value for member in _ENUM_FIELDS[item.name]]
-            parser.add_argument(flag, type=str, choices=choices, **kwargs)
-        elif isinstance(default, bool) or _OPTIONAL_TYPES.get(item.name) is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif item.name in ("train_datasets", "test_datasets"):
-            parser.add_argument(flag, type=_comma_list, **kwargs)
-        elif item.name in _OPTIONAL_TYPES:
-            parser.add_argument(flag, type=_OPTIONAL_TYPES[item.name], **kwargs)
+    groups = {
+        section: parser.add_argument_group(title) if section else parser for section, title in _GROUPS.items()
+    }
+    flat_names: dict[str, list[str]] = {}
+    for name, target in aliases().items():
+        flat_names.setdefault(target, []).append(name)
+    for key, kind in key_types().items():
+        section = Section(key.split(".", 1)[0]) if "." in key else None
+        flags = [f"--{key}", *(f"--{name}" for name in flat_names.get(key, []))]
+        kwargs: dict[str, Any] = {"dest": key, "help": _HELP.get(key, "")}
+        if "." in key:
+            kwargs["metavar"] = key.split(".", 1)[1].upper()
+        if key == "adversarial.method":
+            kwargs["choices"] = list(method_names())
+        if "choices" in kwargs or (isinstance(kind, type) and issubclass(kind, Enum)):
+            kwargs.pop("metavar", None)  # argparse shows the choices instead
+            if "choices" not in kwargs:
+                kwargs["choices"] = [item.value for item in kind]
+            groups[section].add_argument(*flags, type=str, **kwargs)
+        elif kind is bool:
+            kwargs.pop("metavar", None)
+            groups[section].add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(kind) is list:
+            groups[section].add_argument(*flags, type=_comma_list, **kwargs)
         else:
-            parser.add_argument(flag, type=type(default), **kwargs)
+            groups[section].add_argument(*flags, type=kind, **kwargs)
+        if key == "adversarial.method":
+            groups[section].add_argument(
+                f"--{_ADV_TRAIN}",
+                dest=_ADV_TRAIN,
+                action=argparse.BooleanOptionalAction,
+                help=_HELP[_ADV_TRAIN],
+            )
     # Accepted for mt-dnn compatibility; torchrun sets LOCAL_RANK in the environment instead.
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
-    parser.set_defaults(**{item.name: None for item in dataclasses.fields(TrainConfig)})
+    parser.set_defaults(**{key: None for key in (*key_types(), _ADV_TRAIN)})
     return parser
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
     """Build a ``TrainConfig`` from defaults, an optional ``--config`` YAML, and the flags."""
-    args = build_parser().parse_args(argv)
+    args = vars(build_parser().parse_args(argv))
     values: dict[str, Any] = {}
-    if args.config:
-        values.update(load_config_file(args.config))
-    values.update({key: value for key, value in vars(args).items() if value is not None and key != "config"})
-    values.pop("local_rank", None)
-    config = TrainConfig(**values)
+    if args["config"]:
+        values.update(_canonical(load_config_file(args["config"]), args["config"]))
+    given = {
+        key: value for key, value in args.items() if value is not None and key not in ("config", "local_rank")
+    }
+    values.update(_canonical(given, None))
+    config = _build(values)
     validate(config)
     return config
 
@@ -303,43 +548,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The YAML's keys as written (flat, nested or both), checked: an unknown key, a key given twice or a
+    value of the wrong type is one ``UserError`` naming the file, the section and the key."""
     path = Path(path)
     document = load_yaml(path, what="config")
     if not isinstance(document, dict):
         raise UserError(f"{path}: expected a mapping of training options")
-    known = {item.name: item for item in dataclasses.fields(TrainConfig)}
-    values: dict[str, Any] = {}
-    for key, value in document.items():
-        if key not in known:
-            raise UserError(f"{path}: key '{key}': unknown training option")
-        values[key] = _coerce(path, key, value, known[key].default)
-    return values
-
-
-def _coerce(path: Path, key: str, value: Any, default: Any) -> Any:
-    if key in _ENUM_FIELDS:
-        try:
-            return parse_enum(_ENUM_FIELDS[key], value)
-        except ValueError as error:
-            raise UserError(f"{path}: key '{key}': {error}") from None
-    if key in ("train_datasets", "test_datasets"):
-        if isinstance(value, str):
-            return _comma_list(value)
-        if isinstance(value, list) and all(isinstance(item, str) for item in value):
-            return value
-        raise UserError(f"{path}: key '{key}': expected a list of task names")
-    expected = _OPTIONAL_TYPES.get(key, type(default))
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if expected is float and isinstance(value, str):
-        # PyYAML (YAML 1.1) reads 3e-5 as a string: it wants 3.0e-5. Accept what the user meant.
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise UserError(f"{path}: key '{key}': expected {expected.__name__}, got {value!r}")
-    return value
+    _canonical(document, path)
+    return document
 
 
 def _comma_list(text: str) -> list[str]:
@@ -347,7 +563,8 @@ def _comma_list(text: str) -> list[str]:
 
 
 def validate(config: TrainConfig) -> None:
-    """Flag-level checks that need no files; each failure names the flag."""
+    """Checks across the run-wide keys and between sections, that need no files; each failure names the flag.
+    The sections check themselves when built. ``config`` is not changed."""
     required = {
         "task_def": config.task_def,
         "data_dir": config.data_dir,
@@ -365,16 +582,11 @@ def validate(config: TrainConfig) -> None:
         "grad_accumulation_step": config.grad_accumulation_step,
         "learning_rate": config.learning_rate,
         "max_nonfinite_steps": config.max_nonfinite_steps,
-        "temperature": config.temperature,
     }
-    if config.sampling is SamplingStrategyName.PROPORTIONAL and (config.mix_opt > 0 or config.ratio > 0):
-        config.sampling = SamplingStrategyName.MIX_OPT  # what an mt-dnn user means by --mix_opt / --ratio
     for item in dataclasses.fields(config):
         value = getattr(config, item.name)
-        if isinstance(value, float) and not math.isfinite(value) and item.name != "adv_epsilon":
+        if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"--{item.name} must be a finite number, got {value}")
-    if config.adv_epsilon is not None and math.isnan(config.adv_epsilon):
-        raise UserError(f"--adv_epsilon must be a number (inf: no bound), got {config.adv_epsilon}")
     for name, value in positive.items():
         if value <= 0:
             raise UserError(f"--{name} must be > 0, got {value}")
@@ -382,55 +594,28 @@ def validate(config: TrainConfig) -> None:
         raise UserError(f"--seed must be in [0, 2**32), got {config.seed}")
     if config.bf16 and config.fp16:
         raise UserError("--bf16 and --fp16 exclude each other: pick one")
-    if config.bregman_steps < 1:
-        raise UserError(f"--bregman_steps must be >= 1, got {config.bregman_steps}")
-    if not (math.isfinite(config.bregman_mu) and config.bregman_mu >= 0):
-        raise UserError(f"--bregman_mu must be a finite number >= 0, got {config.bregman_mu}")
-    _validate_adversarial(config)
-    for name in ("warmup", "dropout_p", "bregman_beta", "bregman_beta_warmup", "bregman_warmup"):
+    for name in ("warmup", "dropout_p"):
         value = getattr(config, name)
         if not 0 <= value < 1:
             raise UserError(f"--{name} must be in [0, 1), got {value}")
     non_negative = (
         "weight_decay",
         "grad_clipping",
-        "ratio",
-        "bucket_window",
         "eval_every_steps",
         "save_every_steps",
         "log_every_steps",
         "early_stopping_patience",
         "max_steps",
         "num_workers",
-        "mix_opt",
     )
     for name in non_negative:
         if getattr(config, name) < 0:
             raise UserError(f"--{name} must be >= 0, got {getattr(config, name)}")
-
-
-def _validate_adversarial(config: TrainConfig) -> None:
-    """The method's hyper-parameters: each given one must be the method's, and its config must accept them."""
-    given = config.adversarial_parameters()
-    if config.adv_method is None:
-        if given:
-            raise UserError(f"--{_ADV_PREFIX}{next(iter(given))} needs --adv_train or --adv_method")
-        return
-    spec = METHODS[config.adv_method]
-    known = method_parameters(spec.name)
-    for name in given:
-        if name not in known:
-            flags = ", ".join(f"--{_ADV_PREFIX}{item}" for item in known)
-            raise UserError(
-                f"--{_ADV_PREFIX}{name} does not apply to --adv_method {spec.name} (it takes {flags})"
-            )
-    try:
-        spec.config(**given)
-    except ValueError as error:
-        raise UserError(f"--adv_method {spec.name}: {error}") from None
-    if config.bregman_mu and spec.owns_backward:
+    method = config.adversarial.method
+    if config.bregman.mu and method is not None and method_spec(method).owns_backward:
         raise UserError(
-            f"--bregman_mu needs a clean forward pass; --adv_method {spec.name} runs only perturbed ones"
+            f"{key_label('bregman.mu')} needs a clean forward pass; adversarial method {method} runs only "
+            "perturbed ones"
         )
 
 

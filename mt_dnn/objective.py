@@ -35,9 +35,8 @@ from module.adversarial import (
     Backward,
     build_method,
     method_parameters,
-    method_spec,
 )
-from module.bregman import BregmanConfig, BregmanProximalPoint
+from module.bregman import BregmanProximalPoint
 from module.losses import divergence, task_loss
 from mt_dnn.config import TrainConfig
 from mt_dnn.model import MTDNNModel, forward_batch
@@ -55,33 +54,32 @@ logger = logging.getLogger("mt_dnn.objective")
 def method_parameters_for(config: TrainConfig, task_def: TaskDef) -> dict[str, Any]:
     """The run's adversarial hyper-parameters with the task definition's overrides applied (for the ones the
     method takes; an override the method has no use for is reported and ignored)."""
-    assert config.adv_method is not None
-    known = method_parameters(config.adv_method)
-    parameters = config.adversarial_parameters()
+    adversarial = config.adversarial
+    assert adversarial.method is not None
+    known = method_parameters(adversarial.method)
+    overrides: dict[str, Any] = {}
     for key, value in dataclasses.asdict(task_def.adv).items():
         if value is None:
             continue
         if key in known:
-            parameters[key] = value
+            overrides[key] = value
         else:
             logger.warning(
                 "task '%s': adv_%s does not apply to --adv_method %s; ignored",
                 task_def.name,
                 key,
-                config.adv_method,
+                adversarial.method,
             )
-    if task_kind(task_def).pretraining:
-        parameters = {**method_spec(config.adv_method).pretraining, **parameters}
-    return parameters
+    return adversarial.parameters_for(overrides, pretraining=task_kind(task_def).pretraining)
 
 
 def run_method(config: TrainConfig, model: MTDNNModel) -> AdversarialMethod | None:
     """The run's method on ``model``'s site with the run's parameters (no task overrides), or None: what
     prepares the model before training (``model.prepare_for``) and says how many optimizer steps a batch
     takes (``replays``: FreeAT's m) before the objective, with its per-task methods, exists."""
-    if config.adv_method is None:
+    if config.adversarial.method is None:
         return None
-    return build_method(config.adv_method, model.adversarial_site(), **config.adversarial_parameters())
+    return config.adversarial.build(model.adversarial_site())
 
 
 class TrainingObjective:
@@ -108,25 +106,15 @@ class TrainingObjective:
             task = self.task_defs[unmasked[0]]
             raise ValueError(f"task '{task.name}' is {task.task_type}: the objective needs a MaskingSpec")
         self.methods: dict[str, AdversarialMethod] = {}
-        if config.adv_method is not None:
+        if config.adversarial.method is not None:
             site = base_model.adversarial_site()
             self.methods = {
                 name: build_method(
-                    config.adv_method, site, **method_parameters_for(config, self.task_defs[name])
+                    config.adversarial.method, site, **method_parameters_for(config, self.task_defs[name])
                 )
                 for name in config.train_datasets
             }
-        self.bregman: BregmanProximalPoint | None = None
-        if config.bregman_mu:
-            bregman_config = BregmanConfig(
-                mu=float(config.bregman_mu),
-                beta=config.bregman_beta,
-                beta_warmup=config.bregman_beta_warmup,
-                warmup_fraction=config.bregman_warmup,
-                update_every=config.bregman_steps,
-                teacher_mode=config.bregman_teacher_mode,
-            )
-            self.bregman = BregmanProximalPoint(base_model, bregman_config, total_steps)
+        self.bregman: BregmanProximalPoint | None = config.bregman.build(base_model, total_steps)
 
     def __call__(
         self,

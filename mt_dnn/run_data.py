@@ -23,7 +23,7 @@ from data_utils.dataset import Collator, MultiTaskDataset, TaskDataset
 from data_utils.errors import UserError
 from data_utils.masking import MaskingSpec
 from data_utils.prepro import tokenizer_fingerprint
-from data_utils.sampler import MultiTaskBatchSampler, SamplingStrategyName, make_strategy
+from data_utils.sampler import MultiTaskBatchSampler
 from data_utils.task_def import TaskDef
 from mt_dnn.config import TrainConfig
 from mt_dnn.model import usable_positions
@@ -202,20 +202,13 @@ def train_loader(
 ) -> tuple[MultiTaskBatchSampler, DataLoader]:
     """The seeded multi-task sampler of the training rows (this rank's slice of every global batch) and its
     loader."""
-    strategy_args: dict[str, Any] = {}
-    if config.sampling is SamplingStrategyName.MIX_OPT:
-        strategy_args = {"ratio": config.ratio, "mix_opt": config.mix_opt}
-    elif config.sampling is SamplingStrategyName.TEMPERATURE:
-        strategy_args = {"temperature": config.temperature}
-    sampler = MultiTaskBatchSampler(
+    sampler = config.sampling.build(
         train.task_sizes,
         config.batch_size,
-        make_strategy(config.sampling, **strategy_args),
         seed=config.seed,
         rank=rank,
         world_size=world_size,
-        lengths=train.lengths if config.bucket_window else None,
-        bucket_window=config.bucket_window,
+        lengths=train.lengths,
     )
     loader = DataLoader(
         train,

@@ -201,7 +201,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.fp16)
         self.update = GuardedUpdate(self.optimizer, self.scaler)
         # Checked once, at the first adversarial step under autocast: does the perturbation survive it?
-        self._check_precision = self.amp_dtype is not None and config.adv_method is not None
+        self._check_precision = self.amp_dtype is not None and config.adversarial.method is not None
         # What runs the training forward: the model, or DDP around it. Every step trains one task's head, so
         # the other heads have no gradient in that step: DDP must look for unused parameters when there are
         # several tasks (all ranks draw the same task each step, so they agree on which ones).
@@ -436,8 +436,8 @@ class Trainer:
         if ratio <= 0:
             return
         self._check_precision = False
-        assert self.amp_dtype is not None and self.config.adv_method is not None
-        message = resolution_warning(str(self.config.adv_method), ratio, self.amp_dtype)
+        assert self.amp_dtype is not None and self.config.adversarial.method is not None
+        message = resolution_warning(str(self.config.adversarial.method), ratio, self.amp_dtype)
         if message is not None and self.dist.is_main:
             logger.warning(message)
 

@@ -59,9 +59,9 @@ def test_config_file_then_flags_override_it(tmp_path: Path) -> None:
 
 def test_mtdnn_mix_opt_flags_select_the_mix_opt_sampler() -> None:
     base = ["--task_def", "t", "--data_dir", "d", "--init_checkpoint", "m", "--train_datasets", "a,b"]
-    assert parse_config(base).sampling is SamplingStrategyName.PROPORTIONAL
+    assert parse_config(base).sampling.strategy is SamplingStrategyName.PROPORTIONAL
     config = parse_config([*base, "--mix_opt", "1", "--ratio", "0.5"])
-    assert config.sampling is SamplingStrategyName.MIX_OPT and config.ratio == 0.5
+    assert config.sampling.strategy is SamplingStrategyName.MIX_OPT and config.sampling.ratio == 0.5
 
 
 @pytest.mark.parametrize(
@@ -118,7 +118,7 @@ def test_unknown_config_key_names_file_and_key(tmp_path: Path, capsys: pytest.Ca
         train.main(["--config", str(config_file)])
     assert (
         capsys.readouterr().err.strip()
-        == f"error: {config_file}: key 'learning_rat': unknown training option"
+        == f"error: {config_file}: key 'learning_rat': unknown training option (did you mean 'learning_rate'?)"
     )
 
 

@@ -255,7 +255,7 @@ def build_steps(
     steps: dict[str, Callable[[], None]] = {}
     for mode in MODES:
         if names is None or mode.name in names:
-            config = TrainConfig(train_datasets=[TASK], **mode.options)  # type: ignore[arg-type]
+            config = TrainConfig.from_dict({"train_datasets": [TASK], **mode.options})
             objective = TrainingObjective(model, config, total_steps=1000)
             steps[mode.name] = objective_step(model, objective, batch, optimizer_for(model, device), amp)
     if names is None or REFERENCE in names:

@@ -39,7 +39,7 @@ def _rank_main(rank: int, world_size: int, port: int, job: dict[str, Any], resul
     torch.set_num_threads(max(1, job["threads"] // world_size))
     context = setup(job["device"])
     try:
-        summary = Trainer(TrainConfig(**job["config"]), context).train()
+        summary = Trainer(TrainConfig.from_dict(job["config"]), context).train()
     finally:
         teardown(context)
     if rank == 0:

@@ -151,7 +151,9 @@ def method_ratios(model: MTDNNModel, task_defs: dict[str, TaskDef], batches: dic
     for method in AdversarialMethodName:
         table[method.value] = {}
         for task, task_batches_ in batches.items():
-            config = TrainConfig(adv_method=method, train_datasets=[task], bregman_mu=0.0)
+            config = TrainConfig.from_dict(
+                {"adv_method": method, "train_datasets": [task], "bregman_mu": 0.0}
+            )
             objective = TrainingObjective(model, config, total_steps=100)
             ratios = []
             for index, batch in enumerate(task_batches_):

@@ -138,22 +138,24 @@ def run_ours(
 
     torch.set_num_threads(args["threads"])
     with tempfile.TemporaryDirectory() as out:
-        config = TrainConfig(
-            task_def=task_def_path,
-            data_dir=cache_dir,
-            train_datasets=[args["task"]],
-            init_checkpoint=model_path(args),
-            output_dir=out,
-            epochs=1,
-            batch_size=args["batch_size"],
-            learning_rate=args["learning_rate"],
-            warmup=WARMUP,
-            weight_decay=WEIGHT_DECAY,
-            seed=args["seed"],
-            device=args["device"],
-            progress=False,
-            log_every_steps=0,
-            **flags,
+        config = TrainConfig.from_dict(
+            dict(
+                task_def=task_def_path,
+                data_dir=cache_dir,
+                train_datasets=[args["task"]],
+                init_checkpoint=model_path(args),
+                output_dir=out,
+                epochs=1,
+                batch_size=args["batch_size"],
+                learning_rate=args["learning_rate"],
+                warmup=WARMUP,
+                weight_decay=WEIGHT_DECAY,
+                seed=args["seed"],
+                device=args["device"],
+                progress=False,
+                log_every_steps=0,
+                **flags,
+            )
         )
         trainer = Trainer(config)
         results = trainer.train()

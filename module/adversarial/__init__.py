@@ -25,6 +25,7 @@ from module.adversarial.registry import (
     register_method,
     unregister_method,
 )
+from module.adversarial.section import AdversarialConfig, parameter_types
 from module.adversarial.site import AdversarialSite, MissingSitePart, SitePart
 from module.adversarial.smart import AdversarialResult, Divergence, SmartConfig, SmartPerturbation
 from module.adversarial.virtual import (
@@ -60,6 +61,7 @@ __all__ = [
     "YOPO",
     "YOPOConfig",
     "AdversarialBatch",
+    "AdversarialConfig",
     "AdversarialMethod",
     "AdversarialMethodName",
     "AdversarialResult",
@@ -91,6 +93,7 @@ __all__ = [
     "method_spec",
     "norm",
     "normalize",
+    "parameter_types",
     "project",
     "register_method",
     "spectral_normalize",

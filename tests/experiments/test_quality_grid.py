@@ -452,7 +452,11 @@ def test_one_cell_through_the_real_train_py(tmp_path: Path, tiny_tokenizer_dir: 
     out = Path(row.out_dir)
     results = json.loads((out / "results.json").read_text())
     best = json.loads((out / "best" / "mtdnn.json").read_text())["metadata"]
-    assert results["finished"] and results["config"]["adv_train"] and results["config"]["seed"] == 3
+    assert (
+        results["finished"]
+        and results["config"]["adversarial"]["method"] == "smart"
+        and results["config"]["seed"] == 3
+    )
     assert row.steps == results["steps"] == 3 == row.timed_steps  # 24 rows / batch 8, one epoch
     assert row.metric == "acc" and row.dev == best["eval"]["single_dev"]["acc"]
     assert row.test == results["test_eval"]["single_test"]["acc"] and row.test_metrics.keys() == {"acc"}

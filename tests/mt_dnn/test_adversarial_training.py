@@ -67,7 +67,7 @@ def test_resume_refuses_a_different_method(tiny_run: dict, tmp_path: Path) -> No
     Trainer(config_for(tiny_run, tmp_path, adv_method="fgm")).train(until_step=2)
     from data_utils.errors import UserError
 
-    with pytest.raises(UserError, match="--adv_method differs"):
+    with pytest.raises(UserError, match=r"--adversarial.method \(--adv_method\) differs"):
         Trainer(config_for(tiny_run, tmp_path, adv_method="pgd", resume=True)).train()
 
 

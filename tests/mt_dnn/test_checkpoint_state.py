@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from mt_dnn.checkpoint_state import (
     read_state,
     resume_identity,
 )
-from mt_dnn.config import TrainConfig
+from mt_dnn.config import TrainConfig, flat_identity
 from mt_dnn.trainer import Trainer
 from tests.mt_dnn.test_trainer import config_for
 
@@ -77,9 +78,10 @@ def test_a_changeable_key_resumes_and_any_other_is_refused_naming_it(tiny_run: d
 
 
 def test_every_changeable_key_is_a_config_key_and_the_rest_must_match() -> None:
-    keys = set(TrainConfig().to_dict())
+    keys = set(TrainConfig().flat_dict())
     assert keys > RESUMABLE_CHANGES
     assert set(resume_identity(TrainConfig())) == keys - RESUMABLE_CHANGES
+    assert {"adversarial.method", "adversarial.epsilon", "bregman.update_every", "sampling.strategy"} <= keys
     # What decides the numbers is never changeable.
     assert not RESUMABLE_CHANGES & {
         "learning_rate",
@@ -100,9 +102,71 @@ def test_check_resumable_names_the_first_differing_or_unrecorded_key(tmp_path: P
     check_resumable(path, {"config": dict(ours)}, {k: v for k, v in relaxed.items() if k in ours}, {})
     with pytest.raises(UserError, match=r"cannot resume: --warmup differs"):
         check_resumable(path, {"config": {**ours, "warmup": 0.5}}, ours, {})
-    older = {key: value for key, value in ours.items() if key != "adv_radius"}
-    with pytest.raises(UserError, match=r"older train.py that did not record --adv_radius"):
+    older = {key: value for key, value in ours.items() if key != "adversarial.radius"}
+    with pytest.raises(
+        UserError, match=r"older train.py that did not record --adversarial.radius \(--adv_radius\)"
+    ):
         check_resumable(path, {"config": older}, ours, {})
     data = {"task 'a' train rows": "1"}
     with pytest.raises(UserError, match=r"cannot resume: task 'a' train rows differs"):
         check_resumable(path, {"config": dict(ours), "data": {"task 'a' train rows": "2"}}, ours, data)
+
+
+# A resume state written before the config had sections (flat keys: adv_epsilon, bregman_steps, sampling, ...).
+MAIN_IDENTITY = json.loads(
+    (Path(__file__).parent / "fixtures" / "main_flat_resume_identity.json").read_text()
+)
+
+
+def _main_identity(name: str, tiny_run: dict) -> dict[str, Any]:
+    identity = dict(MAIN_IDENTITY["identity"][name])
+    for key in ("task_def", "data_dir", "init_checkpoint"):
+        identity[key] = tiny_run[key]
+    return identity
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("smart", {"adv_train": True, "adv_epsilon": 1e-4, "bregman_steps": 2}),
+        ("mix_opt", {"mix_opt": 1, "ratio": 0.5}),
+    ],
+)
+def test_a_flat_identity_saved_by_the_flat_config_matches_the_same_run(
+    name: str, options: dict[str, Any], tiny_run: dict
+) -> None:
+    config = config_for(tiny_run, Path("out"), epochs=1, **options)
+    saved = _main_identity(name, tiny_run)
+    assert flat_identity(saved) == resume_identity(config)
+    check_resumable(Path(STATE_FILE), {"config": saved}, resume_identity(config), {})
+    changed = config_for(tiny_run, Path("out"), epochs=1, **{**options, "seed": 8})
+    with pytest.raises(UserError, match="cannot resume: --seed differs"):
+        check_resumable(Path(STATE_FILE), {"config": saved}, resume_identity(changed), {})
+
+
+def test_a_flat_state_written_before_the_sections_resumes(tiny_run: dict, tmp_path: Path) -> None:
+    """The resume state of an interrupted SMART run, its config as the flat train.py wrote it, resumes and
+    ends where the uninterrupted run does; a changed section key is still refused, named."""
+    options = {"adv_train": True, "adv_epsilon": 1e-4, "bregman_steps": 2, "epochs": 1}
+    full = Trainer(config_for(tiny_run, tmp_path / "full", **options))
+    full.train()
+    interrupted = Trainer(config_for(tiny_run, tmp_path / "split", **options))
+    interrupted.train(until_step=3)
+    path = tmp_path / "split" / "last" / STATE_FILE
+    state = read_state(path)
+    state["config"] = _main_identity("smart", tiny_run)
+    torch.save(state, path)
+    with pytest.raises(UserError, match=r"--adversarial.epsilon \(--adv_epsilon\) differs"):
+        Trainer(
+            config_for(tiny_run, tmp_path / "split", resume=True, **{**options, "adv_epsilon": 1e-3})
+        ).train()
+    resumed = Trainer(config_for(tiny_run, tmp_path / "split", resume=True, **options))
+    results = resumed.train()
+    assert results["finished"] and results["steps"] == full.progress.step
+    for a, b in (
+        (full.model, resumed.model),
+        (full.objective.bregman.teacher, resumed.objective.bregman.teacher),
+    ):
+        expected, actual = a.state_dict(), b.state_dict()
+        for key, value in expected.items():
+            assert torch.equal(actual[key], value), key

@@ -43,7 +43,7 @@ def _rank_main(
     torch.set_num_threads(1)
     context = setup("cpu")
     try:
-        trainer = Trainer(TrainConfig(**config), context)
+        trainer = Trainer(TrainConfig.from_dict(config), context)
         # Count DDP's gradient all-reduces (one call per bucket per synchronised backward).
         counter = {"calls": 0}
         trainer.train_module.register_comm_hook(counter, _counting_allreduce)
@@ -93,7 +93,7 @@ def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
 def test_two_ranks_equal_one_process_on_the_same_global_batch(
     deterministic_run: dict[str, Any], tmp_path: Path
 ) -> None:
-    single = Trainer(TrainConfig(**{**deterministic_run, "output_dir": str(tmp_path / "one")}))
+    single = Trainer(TrainConfig.from_dict({**deterministic_run, "output_dir": str(tmp_path / "one")}))
     single.train()
     expected = single.model.state_dict()
 
@@ -121,7 +121,9 @@ def test_smart_with_bregman_on_two_ranks_equals_one_process(
         "grad_accumulation_step": 2,
     }
     single = Trainer(
-        TrainConfig(**{**deterministic_run, **smart, "batch_size": 4, "output_dir": str(tmp_path / "one")})
+        TrainConfig.from_dict(
+            {**deterministic_run, **smart, "batch_size": 4, "output_dir": str(tmp_path / "one")}
+        )
     )
     single.train()
     config = {
@@ -143,7 +145,9 @@ def test_freelb_on_two_ranks_equals_one_process_with_one_all_reduce_per_step(
     optimizer step, like plain training; with its initial noise seeded per example, 2 ranks = 1 process."""
     freelb = {"adv_method": "freelb", "adv_k": 3, "adv_init_mag": 0.05, "grad_accumulation_step": 2}
     single = Trainer(
-        TrainConfig(**{**deterministic_run, **freelb, "batch_size": 4, "output_dir": str(tmp_path / "one")})
+        TrainConfig.from_dict(
+            {**deterministic_run, **freelb, "batch_size": 4, "output_dir": str(tmp_path / "one")}
+        )
     )
     single.train()
     config = {**deterministic_run, **freelb, "output_dir": str(tmp_path / "two"), "batch_size": 2}

@@ -187,10 +187,15 @@ def test_alum_on_a_mask_lm_task_takes_the_pretraining_alpha() -> None:
     text = parse_task_def("text", TEXT)
     single = parse_task_def("single", TASK_ENTRIES["single"])
     base = {"task_def": "t", "data_dir": "d", "init_checkpoint": "m", "train_datasets": ["text"]}
-    alum = TrainConfig(**base, adv_method="alum")
+    alum = TrainConfig.from_dict({**base, "adv_method": "alum"})
     assert method_parameters_for(alum, text)["alpha"] == 10.0
     assert "alpha" not in method_parameters_for(alum, single)  # fine-tuning: the method's default, 1
-    assert method_parameters_for(TrainConfig(**base, adv_method="alum", adv_alpha=2.0), text)["alpha"] == 2.0
+    assert (
+        method_parameters_for(TrainConfig.from_dict({**base, "adv_method": "alum", "adv_alpha": 2.0}), text)[
+            "alpha"
+        ]
+        == 2.0
+    )
     override = parse_task_def("text", {**TEXT, "adv_alpha": 3})
     assert method_parameters_for(alum, override)["alpha"] == 3.0
 
@@ -236,7 +241,7 @@ def test_alum_mlm_continued_pretraining_runs_and_lowers_the_mlm_loss(
 ) -> None:
     results = pretrained["results"]
     assert results["finished"] and results["nonfinite_steps_skipped"] == 0
-    assert results["config"]["adv_method"] == "alum"
+    assert results["config"]["adversarial"]["method"] == "alum"
     initial = MTDNNModel.from_encoder(mlm_run["encoder"], {"text": parse_task_def("text", TEXT)}).eval()
     before = _dev_metrics(initial, mlm_run, tiny_tokenizer)
     after = results["final_eval"]["text_dev"]
@@ -318,17 +323,19 @@ def test_a_tokenizer_without_a_mask_token_is_a_user_error() -> None:
 def test_every_adversarial_method_trains_a_mask_lm_task_with_a_finite_loss(
     mlm_run: dict[str, Any], tmp_path: Path, method: str
 ) -> None:
-    config = TrainConfig(
-        task_def=mlm_run["task_def"],
-        data_dir=mlm_run["data_dir"],
-        init_checkpoint=mlm_run["encoder"],
-        train_datasets=["text"],
-        output_dir=str(tmp_path),
-        batch_size=16,
-        log_every_steps=1,
-        progress=False,
-        adv_method=method,
-        device="cpu",
+    config = TrainConfig.from_dict(
+        {
+            "task_def": mlm_run["task_def"],
+            "data_dir": mlm_run["data_dir"],
+            "init_checkpoint": mlm_run["encoder"],
+            "train_datasets": ["text"],
+            "output_dir": str(tmp_path),
+            "batch_size": 16,
+            "log_every_steps": 1,
+            "progress": False,
+            "adversarial": {"method": method},
+            "device": "cpu",
+        }
     )
     trainer = Trainer(config)
     results = trainer.train(until_step=3 * trainer.replays)

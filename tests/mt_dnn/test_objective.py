@@ -27,8 +27,8 @@ def _flags(*extra: str) -> list[str]:
 
 def test_adv_flags_parse_with_the_papers_defaults() -> None:
     config = parse_config(_flags("--adv_train"))
-    assert config.adv_method is AdversarialMethodName.SMART
-    assert config.adv_train and config.bregman_mu == 1.0  # the paper's SMART includes the Bregman term
+    assert config.adversarial.method is AdversarialMethodName.SMART
+    assert config.bregman.mu == 1.0  # the paper's SMART includes the Bregman term
     smart = build_trainer_method(config)
     assert (smart.alpha, smart.k, smart.step_size, smart.noise_var, smart.epsilon) == (
         1.0,
@@ -38,8 +38,8 @@ def test_adv_flags_parse_with_the_papers_defaults() -> None:
         1e-5,
     )
     assert smart.p_norm is PNorm.INF and smart.norm_level is NormLevel.TOKEN
-    assert parse_config(_flags()).bregman_mu == 0.0 and parse_config(_flags()).adv_method is None
-    assert parse_config(_flags("--adv_train", "--bregman_mu", "0")).bregman_mu == 0.0
+    assert parse_config(_flags()).bregman.mu == 0.0 and parse_config(_flags()).adversarial.method is None
+    assert parse_config(_flags("--adv_train", "--bregman_mu", "0")).bregman.mu == 0.0
     flags = ("--adv_train", "--adv_p_norm", "l2", "--adv_norm_level", "sentence", "--adv_k", "3")
     smart = build_trainer_method(parse_config(_flags(*flags)))
     assert (smart.p_norm, smart.norm_level, smart.k) == (PNorm.L2, NormLevel.SENTENCE, 3)
@@ -48,8 +48,8 @@ def test_adv_flags_parse_with_the_papers_defaults() -> None:
 @pytest.mark.parametrize("name", list(AdversarialMethodName))
 def test_adv_method_implies_adv_train_and_takes_the_methods_defaults(name: str) -> None:
     config = parse_config(_flags("--adv_method", name))
-    assert config.adv_train and config.adv_method == name
-    assert config.bregman_mu == (1.0 if name == "smart" else 0.0)  # Bregman: SMART's, opt-in for the others
+    assert config.adversarial.enabled and config.adversarial.method == name
+    assert config.bregman.mu == (1.0 if name == "smart" else 0.0)  # Bregman: SMART's, opt-in for the others
     assert build_trainer_method(config) == METHODS[AdversarialMethodName(name)].config()
 
 
@@ -65,29 +65,33 @@ def test_method_specific_flags_reach_the_method() -> None:
 
 def build_trainer_method(config: TrainConfig) -> Any:
     """The method config a run would build (no task overrides)."""
-    assert config.adv_method is not None
-    return METHODS[config.adv_method].config(**config.adversarial_parameters())
+    assert config.adversarial.method is not None
+    return METHODS[config.adversarial.method].config(**config.adversarial.parameters_for())
 
 
 def test_adv_options_from_a_config_file(tmp_path: Path) -> None:
     path = tmp_path / "run.yml"
     path.write_text("adv_train: true\nadv_epsilon: 1e-4\nadv_p_norm: l1\nbregman_mu: 2\n", encoding="utf-8")
     config = parse_config(_flags("--config", str(path)))
-    assert config.adv_epsilon == 1e-4 and config.adv_p_norm is PNorm.L1 and config.bregman_mu == 2.0
+    assert config.adversarial.parameters == {"epsilon": 1e-4, "p_norm": PNorm.L1} and config.bregman.mu == 2.0
 
 
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--adv_train", "--adv_k", "0"], "--adv_method smart: SMART needs at least one inner step"),
+        (
+            ["--adv_train", "--adv_k", "0"],
+            r"--adversarial.k \(--adv_k\): adversarial method smart: SMART needs at least one inner step",
+        ),
         (
             ["--adv_train", "--adv_epsilon", "-1"],
-            "--adv_method smart: SMART epsilon must be a finite number >= 0",
+            r"\(--adv_epsilon\): adversarial method smart: SMART epsilon must be a finite number >= 0",
         ),
-        (["--adv_epsilon", "1e-3"], "--adv_epsilon needs --adv_train or --adv_method"),
-        (["--adv_method", "fgm", "--adv_k", "2"], "--adv_k does not apply to --adv_method fgm"),
-        (["--adv_method", "freelb", "--bregman_mu", "1"], "--bregman_mu needs a clean forward pass"),
-        (["--bregman_beta", "1.0"], r"--bregman_beta must be in \[0, 1\)"),
+        (["--adv_epsilon", "1e-3"], r"\(--adv_epsilon\) needs --adv_train or --adv_method"),
+        (["--adv_method", "fgm", "--adv_k", "2"], r"\(--adv_k\) does not apply to adversarial method fgm"),
+        (["--adv_method", "freelb", "--bregman_mu", "1"], r"\(--bregman_mu\) needs a clean forward pass"),
+        (["--bregman_beta", "1.0"], r"--bregman.beta \(--bregman_beta\): Bregman beta must be in \[0, 1\)"),
+        (["--bregman_steps", "0"], r"--bregman.update_every \(--bregman_steps\): Bregman update_every must"),
     ],
 )
 def test_bad_adv_flags_name_the_flag(flags: list[str], message: str) -> None:
@@ -97,10 +101,10 @@ def test_bad_adv_flags_name_the_flag(flags: list[str], message: str) -> None:
 
 def test_task_yaml_overrides_the_run_flags() -> None:
     task_def = parse_task_def("pair", {**TASK_ENTRIES["pair"], "adv_alpha": 5.0, "adv_k": 2})
-    config = TrainConfig(adv_train=True, adv_alpha=1.0, adv_epsilon=3e-5)
+    config = TrainConfig.from_dict({"adv_train": True, "adv_alpha": 1.0, "adv_epsilon": 3e-5})
     assert method_parameters_for(config, task_def) == {"alpha": 5.0, "k": 2, "epsilon": 3e-5}
     # A method without K keeps the override it can use and ignores the other.
-    fgm = TrainConfig(adv_method="fgm")
+    fgm = TrainConfig.from_dict({"adversarial": {"method": "fgm"}})
     assert method_parameters_for(fgm, task_def) == {"alpha": 5.0}
 
 
@@ -175,5 +179,5 @@ def test_resumed_smart_run_equals_the_uninterrupted_one(tiny_run: dict, tmp_path
 
 def test_resume_refuses_a_changed_adversarial_setting(tiny_run: dict, tmp_path: Path) -> None:
     Trainer(config_for(tiny_run, tmp_path, adv_train=True)).train(until_step=2)
-    with pytest.raises(UserError, match="--adv_epsilon differs"):
+    with pytest.raises(UserError, match=r"--adversarial.epsilon \(--adv_epsilon\) differs"):
         Trainer(config_for(tiny_run, tmp_path, adv_train=True, adv_epsilon=1e-3, resume=True)).train()

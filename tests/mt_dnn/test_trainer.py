@@ -18,7 +18,7 @@ from tests.mt_dnn.conftest import make_tiny_run
 
 
 def config_for(tiny_run: dict[str, Any], out: Path, **overrides: Any) -> TrainConfig:
-    return TrainConfig(**{**tiny_run, "output_dir": str(out), **overrides})
+    return TrainConfig.from_dict({**tiny_run, "output_dir": str(out), **overrides})
 
 
 def state_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -199,7 +199,7 @@ def test_results_split_the_wall_time(tiny_run: dict, tmp_path: Path) -> None:
 
 def test_bucketing_is_on_by_default(tiny_run: dict, tmp_path: Path) -> None:
     trainer = Trainer(config_for(tiny_run, tmp_path))
-    assert trainer.sampler.bucket_window == TrainConfig().bucket_window > 0
+    assert trainer.sampler.bucket_window == TrainConfig().sampling.bucket_window > 0
 
 
 # ------------------------------------------------------------------ early stopping
