@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -89,6 +89,9 @@ class MetricContext:
 
     label_names: tuple[str, ...] | None = None
     row_lengths: np.ndarray | None = None
+    # Per question id, the decoded answer text and the gold answer texts (extractive QA: the kind decodes the
+    # windows' scores back to text, which a metric then compares).
+    answers: Mapping[str, tuple[str, tuple[str, ...]]] | None = None
 
 
 @dataclass(frozen=True)

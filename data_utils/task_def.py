@@ -72,6 +72,9 @@ class TaskDef:
     # mask_lm only: the share of tokens chosen for prediction (BERT's 15%, of which 80/10/10 are replaced by
     # [MASK] / a random token / kept). A mask_lm task's ``n_class`` is 0: the encoder's vocabulary decides it.
     mask_probability: float = DEFAULT_MASK_PROBABILITY
+    # The kind's own parsed YAML keys (a frozen dataclass of that kind's, e.g. span's window settings); None
+    # for kinds without such keys. ``DataKind.own_fields`` fills it, ``own_dict`` writes it back.
+    settings: Any = None
     kind: DataKind = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:

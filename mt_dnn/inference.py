@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from data_utils.atomic import atomic_write_text
 from data_utils.dataset import Batch, Collator, TaskDataset
 from data_utils.masking import MaskingSpec
-from data_utils.metrics import MetricContext, compute_metrics, predictions_from_scores
+from data_utils.metrics import compute_metrics, predictions_from_scores
 from data_utils.sampler import EvalBatchSampler
 from data_utils.task_def import TaskDef
 from module.adversarial.hooks import add_to_output
@@ -139,7 +139,9 @@ def predict(
         gathered: list[list[BatchScores] | None] = [None] * world_size
         torch.distributed.all_gather_object(gathered, outputs)
         outputs = [output for part in gathered for output in (part or [])]
-    return kind.assemble(task_def, outputs, len(dataset))
+    predictions = kind.assemble(task_def, outputs, len(dataset))
+    predictions.source = dataset.split
+    return predictions
 
 
 def _predict_batch(
@@ -210,7 +212,7 @@ def evaluate(
         if np.isnan(predictions.scores).any():
             values = {str(metric): math.nan for metric in wanted}
         else:
-            context = MetricContext(label_names=task_def.labels, row_lengths=predictions.n_masked)
+            context = task_kind(task_def).metric_context(task_def, predictions)
             values = compute_metrics(
                 task_def.kind, wanted, predictions.scores, predictions.labels, context=context
             )

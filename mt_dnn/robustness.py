@@ -97,11 +97,13 @@ class PGDPerturbation:
         task_def = self.task_def
         if batch.labels is None:
             raise ValueError(f"task '{task_def.name}': the attack needs gold labels, the split has none")
-        labels = batch.labels
-        mask = task_kind(task_def).output_mask(batch)
+        kind = task_kind(task_def)
+        inputs = kind.model_inputs(task_def, batch, None, None)  # the head's own inputs (span: span_mask)
+        labels = inputs.labels
+        mask = kind.output_mask(batch)
 
         def run() -> Tensor:
-            return forward_batch(self.model, batch)
+            return forward_batch(self.model, inputs.batch, **inputs.head_inputs)
 
         def loss(outputs: Tensor) -> Tensor:
             return task_loss(task_def.loss, outputs, labels, mask=mask)

@@ -17,7 +17,7 @@ without a question (one in the release) are reported and skipped.
 Splits are seeded 80/10/10 by paragraph (no paragraph in two splits), written as
 ``<output_dir>/disfl_qa_<split>.jsonl`` in the flat form ``data_utils.readers_squad`` reads: ``{"id",
 "question", "context", "answers": {"text": [...], "answer_start": [...]}}``, empty lists for no answer.
-Not in ``prepare.py``'s default suite: the ``span`` task type is not wired into training yet.
+Not in ``prepare.py``'s default suite; ``demo_task_def.yml``'s ``disfl_qa`` entry (a ``span`` task) reads it.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from mt_dnn.tasks.base import (
 )
 from mt_dnn.tasks.definitions import load_task_defs, parse_task_def
 from mt_dnn.tasks.registry import TASK_KINDS, register_task_kind, task_kind
+from mt_dnn.tasks.span import kind as span_kind  # noqa: F401 - it registers
 
 __all__ = [
     "TASK_KINDS",

@@ -20,11 +20,12 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import Tensor, nn
 
+from data_utils.cache import EncodedSplit
 from data_utils.dataset import Batch
 from data_utils.enums import HeadType
 from data_utils.kinds import DataKind
 from data_utils.masking import MaskingSpec
-from data_utils.metrics import predictions_from_scores
+from data_utils.metrics import MetricContext, predictions_from_scores
 from data_utils.task_def import TaskDef
 from module.encoders import EncoderLayout
 from module.heads import SANConfig
@@ -100,6 +101,9 @@ class Predictions:
     labels: np.ndarray | None
     n_candidates: np.ndarray | None = None
     n_masked: np.ndarray | None = None
+    # The cache split the rows were read from (``inference.predict`` sets it): for kinds whose records and
+    # metrics need more of a row than its scores (span: each window's context characters and texts).
+    source: EncodedSplit | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -211,6 +215,10 @@ class TaskKind(DataKind, ABC):
     def score_buffer(self, task_def: TaskDef, outputs: Sequence[BatchScores], n_rows: int) -> np.ndarray:
         """The split's score array before the batches are scattered into it."""
         return np.zeros((n_rows, task_def.n_class), dtype=np.float32)
+
+    def metric_context(self, task_def: TaskDef, predictions: Predictions) -> MetricContext:
+        """What the task's context-using metrics read besides scores and labels (``inference.evaluate``)."""
+        return MetricContext(label_names=task_def.labels, row_lengths=predictions.n_masked)
 
     def label_value(self, task_def: TaskDef, value: Any) -> str | int | float:
         """A predicted or gold value as a prediction file shows it (class index -> label name if named)."""

@@ -164,3 +164,24 @@ def test_real_disfl_qa_windows_and_decoding_recover_the_gold_answers(tmp_path: P
     scores = squad_scores(predictions, gold)
     assert several > len(examples) / 2  # most contexts need more than one window at 128 tokens
     assert scores[SpanMetric.EXACT_MATCH] > 99.0 and scores[SpanMetric.F1] > 99.0, scores
+
+
+def test_the_demo_task_definition_encodes_the_written_splits(
+    cache: SourceCache, tmp_path: Path, tiny_tokenizer_dir: Path
+) -> None:
+    """demo_task_def.yml's opt-in ``disfl_qa`` entry (a span task) reads and windows what this script wrote."""
+    from data_utils.cache import load_split, split_dir
+    from data_utils.prepro import preprocess
+    from mt_dnn.tasks import load_task_defs
+
+    demo = Path(disfl_qa.__file__).with_name("demo_task_def.yml")
+    task_defs = {"disfl_qa": load_task_defs(demo)["disfl_qa"]}
+    assert task_defs["disfl_qa"].settings.allow_no_answer
+    disfl_qa.prepare(cache, tmp_path / "out", seed=13, max_train=None)
+    preprocess(
+        task_defs, tmp_path / "out", tiny_tokenizer_dir, max_seq_len=128, cache_name="c", progress=False
+    )
+    questions = {split: len(result.examples) for split, result in read_splits(tmp_path / "out").items()}
+    for split, count in questions.items():
+        cached = load_split(split_dir(tmp_path / "out" / "c", "disfl_qa", split))
+        assert cached.meta["questions"] == count and len(cached) >= count

@@ -477,11 +477,12 @@ def test_unknown_task_is_user_error(cache: Path, tmp_path: Path, capsys: pytest.
 
 def test_task_def_declares_the_five_tasks_in_our_spelling() -> None:
     raw = yaml.safe_load(prepare.TASK_DEF.read_text(encoding="utf-8"))
-    # The five prepare.py writes, then the opt-in polish_ner (experiments/demo/polish_ner.py writes it).
-    assert list(raw) == ["banking77", "vader_movie", "vitaminc", "epistemic", "social_iqa", "polish_ner"]
-    assert "polish_ner" not in prepare.READERS
+    # The five prepare.py writes, then the opt-in polish_ner and disfl_qa (their own scripts write them).
+    opt_in = ["polish_ner", "disfl_qa"]
+    assert list(raw) == ["banking77", "vader_movie", "vitaminc", "epistemic", "social_iqa", *opt_in]
+    assert not set(opt_in) & set(prepare.READERS)
     for name, spec in raw.items():  # our lowercase spelling, not mt-dnn's
-        assert spec["task_type"] in {t.value for t in TaskType} | {"sequence_labeling"}, name
+        assert spec["task_type"] in {t.value for t in TaskType} | {"sequence_labeling", "span"}, name
         assert spec["data_format"] in {f.value for f in DataFormat}, name
         assert all(type(label) is str for label in spec.get("labels", [])), name  # "True" stays a string
     task_defs = load_task_defs(prepare.TASK_DEF)

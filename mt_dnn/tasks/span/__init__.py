@@ -1,12 +1,13 @@
-"""The ``span`` task type's building blocks (extractive QA, SQuAD-style): not yet a registered kind.
+"""The ``span`` task type (extractive QA, SQuAD-style): the registered kind (``kind``) and its parts.
 
 - ``head``: the start/end head, its loss and its adversarial divergence;
 - ``windows``: doc-stride windows over long contexts, with each token's context characters;
 - ``arrays``: a split's windows <-> the flat 1-D arrays of the token-id cache;
 - ``decoding``: an example's windows' logits -> its best answer text;
-- ``scoring``: SQuAD's exact match and F1.
-
-The ``TaskKind`` that composes them waits for the data-kind protocol (docs/span_wiring.md says how).
+- ``scoring``: SQuAD's exact match and F1;
+- ``texts``: each question's context and gold texts as cache arrays;
+- ``settings``: a span task's own YAML keys; ``questions``: window predictions grouped back and decoded;
+- ``kind``: the ``TaskKind`` composing them (``mt_dnn.tasks`` imports it, which registers it).
 """
 
 from mt_dnn.tasks.span.arrays import UNLABELLED, WindowArrays, encode_questions, pack_windows

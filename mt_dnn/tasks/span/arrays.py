@@ -16,10 +16,10 @@ import numpy as np
 
 from mt_dnn.tasks.span.windows import NO_CHAR, CharSpan, PairLayout, Window, doc_windows, tokenize_texts
 
-__all__ = ["UNLABELLED", "WindowArrays", "encode_questions", "pack_windows"]
+__all__ = ["EXTRA_ARRAYS", "UNLABELLED", "WindowArrays", "encode_questions", "pack_windows"]
 
 UNLABELLED = -1
-_EXTRAS = ("char_starts", "char_ends", "max_context", "end_positions", "context_starts", "example_index")
+EXTRA_ARRAYS = ("char_starts", "char_ends", "max_context", "end_positions", "context_starts", "example_index")
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,7 +42,7 @@ class WindowArrays:
 
     def extras(self) -> dict[str, np.ndarray]:
         """The arrays beyond a cache split's own (ids, types, offsets; ``start_positions`` as its labels)."""
-        return {name: getattr(self, name) for name in _EXTRAS}
+        return {name: getattr(self, name) for name in EXTRA_ARRAYS}
 
     def window(self, i: int) -> Window:
         """Window ``i`` back as a ``Window`` (unlabelled positions read as 0, no answer; a window without

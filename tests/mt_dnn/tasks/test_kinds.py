@@ -71,6 +71,7 @@ def test_each_built_in_kind_is_its_own_class() -> None:
     from mt_dnn.tasks.ranking import Ranking
     from mt_dnn.tasks.regression import Regression
     from mt_dnn.tasks.sequence_labeling import SequenceLabeling
+    from mt_dnn.tasks.span.kind import Span
 
     assert KINDS is TASK_KINDS
     expected = {
@@ -79,6 +80,7 @@ def test_each_built_in_kind_is_its_own_class() -> None:
         TaskType.RANKING: Ranking,
         TaskType.MASK_LM: MaskLM,
         "sequence_labeling": SequenceLabeling,
+        "span": Span,
     }
     assert {name: type(kind) for name, kind in TASK_KINDS.items()} == expected
     for name, entry in ENTRIES.items():

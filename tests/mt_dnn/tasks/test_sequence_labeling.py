@@ -24,6 +24,7 @@ from mt_dnn.model import MTDNNModel, forward_batch
 from mt_dnn.tasks import load_task_defs, task_kind
 from mt_dnn.tasks.sequence_labeling import IGNORED, UNLABELLED, align_labels
 from tests.mt_dnn.conftest import tiny_bert_config
+from tests.mt_dnn.tasks.runs import every_method, train_flags, train_losses
 
 TAGS = ["O", "B-ANI", "I-ANI", "B-PER"]
 ANIMALS = ["cat", "dog", "cats", "dogs"]  # "cats" is two pieces: cat ##s
@@ -136,37 +137,13 @@ def test_span_f1_on_a_hand_computed_example() -> None:
     assert values["token_acc"] == pytest.approx(60.0)
 
 
-def flags(run: dict[str, Any], out: Path, *extra: str) -> list[str]:
-    return [
-        "--task_def", str(run["root"] / "tasks.yml"),
-        "--data_dir", str(run["data"] / "tiny"),
-        "--init_checkpoint", str(run["encoder"]),
-        "--train_datasets", "ner",
-        "--output_dir", str(out),
-        "--epochs", "4",
-        "--batch_size", "8",
-        "--learning_rate", "2e-3",
-        "--log_every_steps", "4",
-        "--seed", "3",
-        "--no-progress",
-        *extra,
-    ]  # fmt: skip
-
-
-def train_losses(out: Path) -> list[float]:
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [record["loss"]["ner"] for record in records if record["type"] == "train"]
-
-
-@pytest.mark.parametrize(
-    "method", [[], ["--adv_train"], ["--adv_method", "freelb"]], ids=["plain", "smart", "freelb"]
-)
+@every_method
 def test_training_has_finite_falling_losses(
     ner_run: dict[str, Any], tmp_path: Path, method: list[str]
 ) -> None:
-    results = train.main(flags(ner_run, tmp_path, *method))
+    results = train.main(train_flags(ner_run, "ner", tmp_path, *method))
     assert results["finished"]
-    losses = train_losses(tmp_path)
+    losses = train_losses(tmp_path, "ner")
     assert len(losses) >= 4 and all(math.isfinite(loss) for loss in losses)
     assert losses[-1] < losses[0]
     final = results["final_eval"]["ner_dev"]
@@ -177,7 +154,7 @@ def test_training_has_finite_falling_losses(
 @pytest.fixture(scope="module")
 def trained(ner_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ner_out")
-    train.main(flags(ner_run, out))
+    train.main(train_flags(ner_run, "ner", out))
     return out / "best"
 
 
