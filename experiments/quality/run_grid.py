@@ -1,14 +1,17 @@
 """Run a grid of (regime x method x task x training-set size x seed) through the real train.py, resumably.
 
     python experiments/quality/run_grid.py --grid experiments/quality/grid.yml --output_dir out/quality
-        [--model DIR] [--methods NAME,...] [--tasks NAME,...] [--reuse OTHER/results.jsonl] [--dry_run]
+        [--model DIR] [--methods NAME,...] [--tasks NAME,...] [--seeds N,...] [--reuse OTHER/results.jsonl]
+        [--dry_run]
 
 Writes ``<output_dir>/results.jsonl`` (one row per finished run and task: see ``results.py``), one folder per
 cell under ``<output_dir>/runs/<regime>/<method>/<tasks>/n<N>-s<SEED>/`` (train.py's logs, ``results.json``,
 ``train.out``) and the subsampled data under ``<output_dir>/data/``. Run the same command again after a kill:
 finished cells are skipped, a killed run continues from its last checkpoint (``--resume``). A cell whose row
 was made with other flags than the grid now gives is an error, not a silent mix. ``--methods`` runs only some
-of the grid's methods (the cheap ones first, say); a later run without it adds the rest. ``--reuse`` takes the
+of the grid's methods (the cheap ones first, say); a later run without it adds the rest. ``--seeds`` runs only
+the cells of some seeds: processes with disjoint ``--seeds`` can share one ``--output_dir`` (each appends whole
+rows; each cell has its own folder), so a grid's seeds spread over the cores. ``--reuse`` takes the
 rows of another grid's results file that are the same single-task runs (same flags, encoder, task definition
 and data: see ``reuse.py``) instead of training them again.
 
@@ -17,7 +20,8 @@ With ``learning_rates`` in the grid, each tuned method first runs one cell per c
 winning run and its other seeds train with ``--learning_rate <winner>``. ``--dry_run`` says "waits for lr
 tuning of M" for a cell whose rate is not known yet. ``--methods`` naming a method that takes its rate from an
 unnamed one (``lr_from``) runs that source's tuning cells too (skipped when their rows are there), not its
-seeds. The rows' paths are relative to the current folder (``paths.py``): run from the repo root.
+seeds. Learning-rate tuning runs at ``tune_seed``, so a process whose ``--seeds`` lacks it skips the cells whose
+rate is not chosen yet (and says so): run it again once the tuning rows are in. The rows' paths are relative to the current folder (``paths.py``): run from the repo root.
 """
 
 from __future__ import annotations
@@ -72,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated subset of the grid's tasks (default: all); two processes on disjoint tasks, "
         "each with its own --output_dir, run a single-task grid in parallel",
+    )
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated subset of the grid's seeds (default: all); processes with disjoint --seeds can "
+        "share one --output_dir",
     )
     parser.add_argument(
         "--reuse",
@@ -153,6 +163,24 @@ def _multi_task_set(row: ResultRow) -> list[str] | None:
     return None
 
 
+def select_seeds(grid: Grid, names: str | None) -> frozenset[int] | None:
+    """The seeds named by ``--seeds`` (None: all); a seed that is not the grid's is a one-line error."""
+    if names is None:
+        return None
+    known = grid.all_seeds()
+    chosen: set[int] = set()
+    for name in (part.strip() for part in names.split(",")):
+        if not name:
+            continue
+        if not name.lstrip("-").isdigit() or int(name) not in known:
+            listed = ", ".join(str(seed) for seed in known)
+            raise UserError(f"--seeds: '{name}' is not a seed of {grid.path} (expected some of: {listed})")
+        chosen.add(int(name))
+    if not chosen:
+        raise UserError("--seeds: expected at least one seed")
+    return frozenset(chosen)
+
+
 @dataclass
 class _GridRun:
     """One pass over the grid's cells: the rows done so far (keyed), and what each cell needs to run."""
@@ -163,6 +191,7 @@ class _GridRun:
     runner: Runner
     dry_run: bool
     reuse: Path | None
+    seeds: frozenset[int] | None
     done: dict[Key, ResultRow]
     candidates: dict[Key, ResultRow]
     task_defs: dict[str, TaskDef]
@@ -180,6 +209,10 @@ class _GridRun:
         return cell if winner is None else dataclasses.replace(cell, learning_rate=winner)
 
     def process(self, cell: Cell, tag: str) -> None:
+        if cell.pending and self.seeds is not None and self.grid.tune_seed not in self.seeds:
+            print(f"{tag}: skipped, waits for lr tuning of {cell.lr_from} (at seed {self.grid.tune_seed}, "
+                  f"not in --seeds): run again once its rows are in", flush=True)  # fmt: skip
+            return
         if cell.pending:
             if not self.dry_run:  # the tuning cells come first: only a bug gets here
                 raise UserError(f"{tag}: the learning-rate tuning of {cell.lr_from} has not finished")
@@ -252,9 +285,10 @@ def run_grid(
     *,
     dry_run: bool = False,
     reuse: Path | None = None,
+    seeds: frozenset[int] | None = None,
 ) -> list[ResultRow]:
-    """Run every unfinished cell in order (taking ``reuse``'s rows of the same runs) and return all the rows
-    of the results file."""
+    """Run every unfinished cell in order (only those of ``seeds``, when given; taking ``reuse``'s rows of the
+    same runs) and return all the rows of the results file."""
     results_path = output_dir / RESULTS_FILE
     done = {row.key: row for row in read_results(results_path, repair=not dry_run)}
     if reuse is not None and not reuse.is_file():
@@ -263,8 +297,8 @@ def run_grid(
     task_defs = grid.task_defs()
     if not dry_run:
         check_sizes(grid, task_defs)
-    state = _GridRun(grid, output_dir, model, runner, dry_run, reuse, done, candidates, task_defs)
-    todo = list(cells(grid))
+    state = _GridRun(grid, output_dir, model, runner, dry_run, reuse, seeds, done, candidates, task_defs)
+    todo = [cell for cell in cells(grid) if seeds is None or cell.seed in seeds]
     for index, cell in enumerate(todo, start=1):
         resolved = state.resolve(cell)
         state.process(resolved, f"[{index}/{len(todo)}] {resolved.describe()}")
@@ -287,12 +321,13 @@ def main(argv: list[str] | None = None, runner: Runner = subprocess_runner) -> l
     args = build_parser().parse_args(argv)
     grid = select_tasks(select_methods(load_grid(args.grid), args.methods), args.tasks)
     check_train_flags(grid)
+    seeds = select_seeds(grid, args.seeds)
     model = args.model or grid.model
     if model is None:
         from experiments.common import minilm_path
 
         model = minilm_path()
-    rows = run_grid(grid, args.output_dir, model, runner, dry_run=args.dry_run, reuse=args.reuse)
+    rows = run_grid(grid, args.output_dir, model, runner, dry_run=args.dry_run, reuse=args.reuse, seeds=seeds)
     if not args.dry_run:
         print(f"{len(rows)} rows in {args.output_dir / RESULTS_FILE}")
     return rows

@@ -477,3 +477,29 @@ def test_a_failed_tuning_candidate_is_recorded_as_the_worst_and_the_grid_goes_on
     plain = [row for row in rows if row.method == "plain" and row.task == "alpha"]
     assert plain and all(row.learning_rate == 2e-4 for row in plain)  # 1e-4 would have won; it failed
     assert len(read_results(out / "results.jsonl")) == len(rows)
+
+
+def test_seeds_split_over_processes_sharing_one_output_dir_give_the_one_process_rows(
+    write_grid: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    grid = write_grid(**{**TUNED, "tasks": ["alpha"], "seeds": [1, 2, 3]})
+    whole = _run(grid, Path("whole"), LrTrain())
+    capsys.readouterr()
+    early = LrTrain()  # seeds 2-3 before the tuning rows exist: every tuned cell waits, nothing runs
+    assert _run(grid, Path("split"), early, "--seeds", "2,3") == [] and early.calls == []
+    waiting = capsys.readouterr().out.splitlines()[:-1]  # the last line: "0 rows in ..."
+    assert len(waiting) == 6 and all("skipped, waits for lr tuning of" in line for line in waiting)
+    first, second = LrTrain(), LrTrain()
+    _run(grid, Path("split"), first, "--seeds", "1")
+    assert {_value(argv, "--seed") for argv in first.calls} == {"1"} and len(first.calls) == 7  # 6 tuning + fgm
+    rows = _run(grid, Path("split"), second, "--seeds", "3,2")
+    assert {_value(argv, "--seed") for argv in second.calls} == {"2", "3"} and len(second.calls) == 6
+
+    def comparable(row: ResultRow) -> tuple[Any, ...]:
+        return (row.key, row.dev, row.test, row.learning_rate, row.lr_source, row.copy_of, row.flags)
+
+    assert sorted(map(comparable, rows)) == sorted(map(comparable, whole)) and len(rows) == 6 + 9
+    with pytest.raises(SystemExit):
+        _run(grid, Path("split"), LrTrain(), "--seeds", "2,7")
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--seeds: '7' is not a seed of" in err and "1, 2, 3" in err
