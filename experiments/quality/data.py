@@ -85,6 +85,15 @@ def _split_rows(grid: Grid, task_def: TaskDef, split: str, n_train: int, seed: i
     if split == task_def.train_split:
         _check_size(grid, task_def.name, n_train, source, len(rows))
         return train_subsample(rows, n_train, task_def.name, seed)
+    return _evaluation_rows(grid, task_def, split, rows)
+
+
+def eval_rows(grid: Grid, task_def: TaskDef, split: str) -> list[Row]:
+    """An evaluation split's rows as every cell of the grid scores them (the same for every size and seed)."""
+    return _evaluation_rows(grid, task_def, split, read_jsonl_rows(_source(grid, task_def, split)))
+
+
+def _evaluation_rows(grid: Grid, task_def: TaskDef, split: str, rows: Sequence[Row]) -> list[Row]:
     limit = grid.n_test if split in task_def.test_splits else grid.n_dev
     return eval_subsample(rows, limit, task_def.name, split)
 

@@ -1,7 +1,7 @@
 """The grid's results as a Markdown table and PNG plots.
 
     python experiments/quality/report.py --results out/quality/results.jsonl --output_dir out/quality/report
-        [--robustness robustness.json] [--split test|dev] [--baseline plain]
+        [--robustness robustness.json] [--split test|dev] [--baseline plain] [--grid study.yml]
 
 Writes ``report.md`` and ``quality_vs_n_<regime>.png``, ``cost_vs_gain_<regime>.png`` (and
 ``robustness.png`` with ``--robustness``) into ``--output_dir``, all at once: the folder is built beside its
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
@@ -21,7 +21,8 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 from data_utils.atomic import atomic_directory  # noqa: E402
 from data_utils.errors import UserError, exit_on_user_error  # noqa: E402
 from experiments.quality import plots  # noqa: E402
-from experiments.quality.grid import Regime  # noqa: E402
+from experiments.quality.grid import Regime, load_grid  # noqa: E402
+from experiments.quality.majority import majority_levels  # noqa: E402
 from experiments.quality.results import ResultRow, read_results  # noqa: E402
 from experiments.quality.robustness import load_robustness  # noqa: E402
 from experiments.quality.stats import BOOTSTRAP_SEED, CONFIDENCE, RESAMPLES, PairedDifference, Spread  # noqa: E402
@@ -74,17 +75,30 @@ def has_convergence(summaries: Sequence[CellSummary]) -> bool:
     return any(summary.not_converged is not None for summary in summaries)
 
 
+def has_majority(summaries: Sequence[CellSummary]) -> bool:
+    """Whether some task has a majority-class level (report.py --grid)."""
+    return any(summary.at_majority is not None for summary in summaries)
+
+
 def method_table(summaries: Sequence[CellSummary], split: Split, baseline: str) -> list[str]:
     extended = has_convergence(summaries)
+    majority = has_majority(summaries)
     extra = f" not converged | train time × {baseline} |" if extended else ""
+    if majority:
+        extra += f" at majority class | Δ {split} vs {baseline}, seeds both learned [95% CI] | seeds better |"
     lines = [
         f"| task | metric | n_train | method | seeds | {split} median | {split} min–max | dev median | "
         f"Δ {split} vs {baseline} [95% CI] | seeds better | step time × {baseline} |{extra}",
-        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if extended else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|"
+        + ("---|---|" if extended else "")
+        + ("---|---|---|" if majority else ""),
     ]
     for summary in summaries:
         seeds = summary.score.count if summary.score is not None else 0
         more = f" {_count(summary.not_converged)} | {_ratio(summary.train_ratio)} |" if extended else ""
+        if majority:
+            learned = summary.versus_baseline_learned
+            more += f" {_count(summary.at_majority)} | {_difference(learned)} | {_wins(learned)} |"
         lines.append(
             f"| {summary.task} | {summary.metric} | {summary.n_train} | {summary.method} | {seeds} | "
             f"{_median(summary.score)} | {_range(summary.score)} | {_median(summary.dev)} | "
@@ -155,7 +169,12 @@ def describe(rows: Sequence[ResultRow], split: Split, baseline: str) -> list[str
     ]
 
 
-def describe_extras(rows: Sequence[ResultRow], summaries: Sequence[CellSummary], baseline: str) -> list[str]:
+def describe_extras(
+    rows: Sequence[ResultRow],
+    summaries: Sequence[CellSummary],
+    baseline: str,
+    majority: Mapping[str, float] | None = None,
+) -> list[str]:
     """What the newer columns and sections mean, said only when the rows have them."""
     lines = []
     if has_convergence(summaries):
@@ -164,6 +183,14 @@ def describe_extras(rows: Sequence[ResultRow], summaries: Sequence[CellSummary],
             "training ended), of the seeds that record it. Train time: per-step time × steps over "
             f"{baseline}'s on the same seed, median; with early stopping the methods take different numbers "
             "of steps, so it can differ from the step-time ratio."
+        )
+    if majority and has_majority(summaries):
+        levels = ", ".join(f"{task} {level:.1f}" for task, level in majority.items())
+        lines.append(
+            "At majority class: seeds whose best dev score is at or below the share of dev's most frequent "
+            f"gold label ({levels}): the run never got past answering one label, and early stopping ended it "
+            f"there. The last Δ column pairs only the seeds on which neither the method nor {baseline} is at "
+            "that level (blank when no such pair is left)."
         )
     tuning = sum(1 for row in rows if is_tuning_row(row))
     if tuning:
@@ -182,8 +209,10 @@ def build_report(
     split: Split,
     baseline: str,
     robustness: Path | None,
+    majority: Mapping[str, float] | None = None,
 ) -> str:
-    """Write the PNGs into ``folder`` and return the Markdown that shows them."""
+    """Write the PNGs into ``folder`` and return the Markdown that shows them. ``majority``: task -> its
+    dev majority-class level, for the 'at majority class' columns."""
     if all(is_tuning_row(row) for row in rows):
         return (
             "\n".join(
@@ -200,7 +229,7 @@ def build_report(
             )
             + "\n"
         )
-    summaries = summarise(rows, split, baseline)
+    summaries = summarise(rows, split, baseline, majority)
     curves = load_robustness(robustness) if robustness is not None else None
     main_rows = [row for row in rows if not is_tuning_row(row)]
     methods = [baseline, *(row.method for row in main_rows), *(curves.methods if curves is not None else ())]
@@ -209,7 +238,7 @@ def build_report(
         "# Does adversarial training help? Results of the quality grid",
         "",
         *describe(main_rows, split, baseline),
-        *describe_extras(rows, summaries, baseline),
+        *describe_extras(rows, summaries, baseline, majority),
     ]
     regimes = list(dict.fromkeys(summary.regime for summary in summaries))
     for regime in regimes:
@@ -244,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--robustness", type=Path, default=None, help="the robustness benchmark's JSON")
     parser.add_argument("--split", choices=[split.value for split in Split], default=Split.TEST.value)
     parser.add_argument("--baseline", default="plain", help="the method the others are compared with")
+    parser.add_argument(
+        "--grid",
+        type=Path,
+        default=None,
+        help="the grid YAML behind the rows: adds, for its accuracy tasks, the runs at the majority-class "
+        "level of dev and the comparison on the seeds where both arms learned",
+    )
     return parser
 
 
@@ -273,10 +309,16 @@ def main(argv: list[str] | None = None) -> str:
         raise UserError(f"--baseline {args.baseline}: no rows of that method in {args.results} ({methods})")
     if args.robustness is not None:
         load_robustness(args.robustness)  # a bad file fails before any plotting
+    majority = majority_levels(load_grid(args.grid)) if args.grid is not None else None
     _check_output_dir(args.output_dir)
     with atomic_directory(args.output_dir) as folder:
         text = build_report(
-            rows, folder, split=Split(args.split), baseline=args.baseline, robustness=args.robustness
+            rows,
+            folder,
+            split=Split(args.split),
+            baseline=args.baseline,
+            robustness=args.robustness,
+            majority=majority,
         )
         (folder / "report.md").write_text(text, encoding="utf-8")
     print(text, end="")

@@ -9,19 +9,20 @@ cell under ``<output_dir>/runs/<regime>/<method>/<tasks>/n<N>-s<SEED>/`` (train.
 ``train.out``) and the subsampled data under ``<output_dir>/data/``. Run the same command again after a kill:
 finished cells are skipped, a killed run continues from its last checkpoint (``--resume``). A cell whose row
 was made with other flags than the grid now gives is an error, not a silent mix. ``--methods`` runs only some
-of the grid's methods (the cheap ones first, say); a later run without it adds the rest. ``--seeds`` runs only
-the cells of some seeds: processes with disjoint ``--seeds`` can share one ``--output_dir`` (each appends whole
-rows; each cell has its own folder), so a grid's seeds spread over the cores. ``--reuse`` takes the
-rows of another grid's results file that are the same single-task runs (same flags, encoder, task definition
-and data: see ``reuse.py``) instead of training them again.
+of the grid's methods (the cheap ones first, say); a later run without it adds the rest. ``--seeds`` runs
+only the cells of some seeds: processes with disjoint ``--seeds`` can share one ``--output_dir`` (each
+appends whole rows; each cell has its own folder), so a grid's seeds spread over the cores. ``--reuse`` takes
+the rows of another grid's results file that are the same single-task runs (same flags, encoder, task
+definition and data: see ``reuse.py``) instead of training them again.
 
 With ``learning_rates`` in the grid, each tuned method first runs one cell per candidate at ``tune_seed``
 (folders ``n<N>-s<SEED>-lr<LR>``, rows of method ``M@lr=<LR>``); its tune-seed row is then a copy of the
 winning run and its other seeds train with ``--learning_rate <winner>``. ``--dry_run`` says "waits for lr
 tuning of M" for a cell whose rate is not known yet. ``--methods`` naming a method that takes its rate from an
 unnamed one (``lr_from``) runs that source's tuning cells too (skipped when their rows are there), not its
-seeds. Learning-rate tuning runs at ``tune_seed``, so a process whose ``--seeds`` lacks it skips the cells whose
-rate is not chosen yet (and says so): run it again once the tuning rows are in. The rows' paths are relative to the current folder (``paths.py``): run from the repo root.
+seeds. Learning-rate tuning runs at ``tune_seed``, so a process whose ``--seeds`` lacks it skips the cells
+whose rate is not chosen yet (and says so): run it again once the tuning rows are in. The rows' paths are
+relative to the current folder (``paths.py``): run from the repo root.
 """
 
 from __future__ import annotations

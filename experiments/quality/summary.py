@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import functools
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from experiments.quality.grid import Regime
+from experiments.quality.majority import at_level
 from experiments.quality.results import ResultRow
 from experiments.quality.stats import PairedDifference, Spread, paired_difference, spread
 from experiments.quality.tuning import LR_TUNED, is_tuning_row, pick_winner, split_tuning_method
@@ -43,6 +44,10 @@ class CellSummary:
     train_ratio: float | None = None
     # (seeds whose best checkpoint is their last step, seeds whose best step is known); None: none known
     not_converged: tuple[int, int] | None = None
+    # with a majority-class level for the task: (seeds whose best dev is at or below it, seeds) ...
+    at_majority: tuple[int, int] | None = None
+    # ... and the paired difference over the seeds on which neither this method nor the baseline is at it
+    versus_baseline_learned: PairedDifference | None = None
 
 
 @dataclass(frozen=True)
@@ -90,9 +95,12 @@ def _not_converged(group: Sequence[ResultRow]) -> tuple[int, int] | None:
     return (sum(known), len(known)) if known else None
 
 
-def summarise(rows: Sequence[ResultRow], split: Split, baseline: str) -> list[CellSummary]:
+def summarise(
+    rows: Sequence[ResultRow], split: Split, baseline: str, majority: Mapping[str, float] | None = None
+) -> list[CellSummary]:
     """One summary per (regime, task, n_train, method), regimes in their declared order, then tasks and
-    methods as they first appear (the baseline first), sizes ascending. Tuning runs are left out."""
+    methods as they first appear (the baseline first), sizes ascending. Tuning runs are left out.
+    ``majority``: task -> its dev majority-class level (``majority.py``), for the tasks that have one."""
     rows = [row for row in rows if not is_tuning_row(row)]
     groups: dict[tuple[str, str, int, str], list[ResultRow]] = {}
     for row in rows:
@@ -108,20 +116,30 @@ def summarise(rows: Sequence[ResultRow], split: Split, baseline: str) -> list[Ce
                 for method in methods:
                     group = groups.get((regime, task, n_train, method))
                     if group:
-                        summaries.append(_summary(group, base, split, method == baseline))
+                        level = (majority or {}).get(task)
+                        summaries.append(_summary(group, base, split, method == baseline, level))
     return summaries
 
 
-def _summary(group: list[ResultRow], base: list[ResultRow], split: Split, is_baseline: bool) -> CellSummary:
+def _summary(
+    group: list[ResultRow], base: list[ResultRow], split: Split, is_baseline: bool, level: float | None
+) -> CellSummary:
     first = group[0]
     versus = None
+    versus_learned = None
     ratio = None
     train_ratio = None
+    get = functools.partial(score, split=split)
     if not is_baseline and base:
-        mine, theirs = _paired(group, base, functools.partial(score, split=split))
+        mine, theirs = _paired(group, base, get)
         versus = paired_difference(mine, theirs) if mine else None
         ratio = _ratio(group, base, lambda row: row.seconds_per_step)
         train_ratio = _ratio(group, base, lambda row: row.train_seconds)
+        if level is not None:
+            learned = [row for row in group if not at_level(row.dev, level)]
+            base_learned = [row for row in base if not at_level(row.dev, level)]
+            mine, theirs = _paired(learned, base_learned, get)
+            versus_learned = paired_difference(mine, theirs) if mine else None
     return CellSummary(
         regime=first.regime,
         task=first.task,
@@ -134,6 +152,8 @@ def _summary(group: list[ResultRow], base: list[ResultRow], split: Split, is_bas
         step_ratio=ratio,
         train_ratio=train_ratio,
         not_converged=_not_converged(group),
+        at_majority=None if level is None else (sum(at_level(row.dev, level) for row in group), len(group)),
+        versus_baseline_learned=versus_learned,
     )
 
 

@@ -311,3 +311,30 @@ def test_a_grid_with_only_tuning_rows_reports_its_selection_table(tmp_path: Path
     assert (
         "No method rows yet" in text and "| banking77 | acc | 500 | plain | 1 | 51.3 | 72.6 | 4e-04 |" in text
     )
+
+
+def test_runs_at_the_majority_class_level_are_counted_and_left_out_of_the_second_comparison(
+    results: Path, tmp_path: Path
+) -> None:
+    rows = read_results(results)
+    text = report.build_report(
+        rows, tmp_path, split=report.Split.TEST, baseline="plain", robustness=None, majority={"alpha": 55.0}
+    )
+    lines = text.splitlines()
+    single = lines.index("## Regime: single")
+    assert lines[single + 2].endswith(
+        "| at majority class | Δ test vs plain, seeds both learned [95% CI] | seeds better |"
+    )
+    # plain's seed 1 has dev 55.0, at the level: smart pairs seeds 2 and 3 (54 - 52, 66 - 60), fgm seed 2 only
+    assert lines[single + 4 : single + 7] == [
+        "| alpha | acc | 100 | plain | 3 | 52.0 | 50.0–60.0 | 56.0 | - | - | - | 1/3 | - | - |",
+        "| alpha | acc | 100 | smart | 3 | 54.0 | 51.0–66.0 | 61.0 | +3.0 [+1.0, +6.0] | 3/3 | 3.00 | 0/3 | "
+        "+4.0 [+2.0, +6.0] | 2/2 |",
+        "| alpha | acc | 100 | fgm | 2 | 53.0 | 50.0–56.0 | 58.5 | +2.0 [+0.0, +4.0] | 1/2 | 2.00 | 0/2 | "
+        "+4.0 [+4.0, +4.0] | 1/1 |",
+    ]
+    beta = next(line for line in lines if line.startswith("| beta | pearson | 100 | smart |"))
+    assert beta.endswith("| 3.00 | - | - | - |")  # no level for a regression task
+    assert any(line.startswith("At majority class:") and "(alpha 55.0)" in line for line in lines)
+    plain = report.build_report(rows, tmp_path, split=report.Split.TEST, baseline="plain", robustness=None)
+    assert "at majority class" not in plain

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from data_utils.cache import read_manifest
 from data_utils.errors import UserError
 from experiments.quality import run_grid
 from experiments.quality.grid import _flag_combinations, load_grid
+from experiments.quality.majority import at_level, majority_levels
 from experiments.quality.paths import PATH_FLAGS, SITE_PACKAGES, portable_argv, portable_path
 from experiments.quality.results import ResultRow, read_results
 from experiments.quality.tuning import lr_spelling, pick_winner, split_tuning_method, tuning_method
@@ -491,7 +493,9 @@ def test_seeds_split_over_processes_sharing_one_output_dir_give_the_one_process_
     assert len(waiting) == 6 and all("skipped, waits for lr tuning of" in line for line in waiting)
     first, second = LrTrain(), LrTrain()
     _run(grid, Path("split"), first, "--seeds", "1")
-    assert {_value(argv, "--seed") for argv in first.calls} == {"1"} and len(first.calls) == 7  # 6 tuning + fgm
+    assert {_value(argv, "--seed") for argv in first.calls} == {"1"} and len(
+        first.calls
+    ) == 7  # 6 tuning + fgm
     rows = _run(grid, Path("split"), second, "--seeds", "3,2")
     assert {_value(argv, "--seed") for argv in second.calls} == {"2", "3"} and len(second.calls) == 6
 
@@ -503,3 +507,15 @@ def test_seeds_split_over_processes_sharing_one_output_dir_give_the_one_process_
         _run(grid, Path("split"), LrTrain(), "--seeds", "2,7")
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--seeds: '7' is not a seed of" in err and "1, 2, 3" in err
+
+
+def test_majority_levels_are_the_dev_share_of_the_most_frequent_label_of_accuracy_tasks(
+    write_grid: Callable[..., Path], suite: Path
+) -> None:
+    labels = [
+        json.loads(line)["label"] for line in (suite / "data" / "alpha_dev.jsonl").read_text().splitlines()
+    ]
+    expected = 100.0 * Counter(labels).most_common(1)[0][1] / len(labels)
+    assert majority_levels(load_grid(write_grid())) == {"alpha": expected}  # beta is a regression task
+    assert at_level(expected, expected) and not at_level(expected + 0.5, expected)
+    assert not at_level(None, expected) and not at_level(50.0, None)
