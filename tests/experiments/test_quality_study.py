@@ -21,7 +21,7 @@ import yaml
 
 from data_utils.cache import read_manifest
 from data_utils.errors import UserError
-from experiments.quality import run_grid
+from experiments.quality import run_check, run_grid
 from experiments.quality.grid import _flag_combinations, load_grid
 from experiments.quality.majority import at_level, majority_levels
 from experiments.quality.paths import PATH_FLAGS, SITE_PACKAGES, portable_argv, portable_path
@@ -519,3 +519,53 @@ def test_majority_levels_are_the_dev_share_of_the_most_frequent_label_of_accurac
     assert majority_levels(load_grid(write_grid())) == {"alpha": expected}  # beta is a regression task
     assert at_level(expected, expected) and not at_level(expected + 0.5, expected)
     assert not at_level(None, expected) and not at_level(50.0, None)
+
+
+def test_a_check_is_the_grids_cell_at_another_rate_with_flags_appended(
+    write_grid: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    grid = write_grid(**TUNED)
+    rows = _run(grid, Path("study"), LrTrain())
+    argv = [
+        "--grid",
+        str(grid),
+        "--output_dir",
+        "checks",
+        "--task",
+        "alpha",
+        "--method",
+        "smart",
+        "--seed",
+        "2",
+    ]
+    fake = LrTrain()
+    row = run_check.main([*argv, "--learning_rate", "4e-4", "--flags", "--early_stopping_patience 9"], fake)
+    (call,) = fake.calls
+    assert row.method == "smart@lr=4e-04+early_stopping_patience=9" and (row.task, row.seed) == ("alpha", 2)
+    assert row.flags == ["--epochs", "2", "--batch_size", "4", "--adv_train", "--early_stopping_patience", "9",
+                         "--learning_rate", "4e-04"]  # fmt: skip
+    assert call[-4:] == ["--early_stopping_patience", "9", "--learning_rate", "4e-04"]
+    assert row.dev == 50 + 2 + 10 - 9.0 and row.learning_rate == 4e-4  # LrTrain's score at 4e-4
+    grid_row = _by_key(rows)[("smart", "alpha", 2)]
+    grid_data, check_data = (Path(_value(a, "--data_dir")).parent for a in (grid_row.train_argv, call))
+    assert (check_data / "alpha_train.jsonl").read_bytes() == (grid_data / "alpha_train.jsonl").read_bytes()
+    assert read_results(Path("checks") / "results.jsonl") == [row]
+    again = LrTrain()  # done: skipped
+    assert (
+        run_check.main([*argv, "--learning_rate", "4e-4", "--flags", "--early_stopping_patience 9"], again)
+        == row
+    )
+    assert again.calls == []
+    capsys.readouterr()
+    for extra, message in (
+        (["--learning_rate", "1e-4", "--flags", "--seed 3"], "--flags: --seed is set by the harness"),
+        (["--learning_rate", "0"], "--learning_rate: expected a positive rate"),
+        (["--learning_rate", "1e-4", "--flags", "--no_such_flag 1"], "--no_such_flag"),
+    ):
+        with pytest.raises(SystemExit):
+            run_check.main([*argv, *extra], LrTrain())
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err, err
+    with pytest.raises(SystemExit):
+        run_check.main([*argv[:-3], "nope", "--seed", "2", "--learning_rate", "1e-4"], LrTrain())
+    assert "--method: 'nope' is not a method of" in capsys.readouterr().err
