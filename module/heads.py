@@ -12,6 +12,9 @@ Outputs, by task type and head:
 * mask_lm: ``[M, V]`` vocabulary logits at the ``M`` masked positions only (:class:`MaskedLMHead`; it also
   takes ``positions`` [N, L] bool and the tied ``decoder_weight`` [V, H], both keywords).
 
+:class:`TokenLinear` is the per-token tail the token-level kinds build their heads on (sequence labeling's
+tags, span's start and end scores).
+
 Linear layers are initialised BERT-style (weights ~ N(0, 0.02^2), biases zero: :func:`init_linear_weights`).
 Heads know nothing about the encoder or about MT-DNN.
 """
@@ -30,6 +33,7 @@ __all__ = [
     "RankingHead",
     "SANClassifier",
     "SANConfig",
+    "TokenLinear",
     "check_positions",
     "init_linear_weights",
 ]
@@ -68,6 +72,20 @@ class PooledHead(nn.Module):
         else:
             pooled = self.dense(self.dropout(hidden_states[:, 0])).tanh()
         return self.out_proj(self.dropout(pooled))
+
+
+class TokenLinear(nn.Module):
+    """Per-token dropout -> Linear(H, n_out): ``[..., H] -> [..., n_out]``, for heads that score every token
+    (or some of them) rather than a pooled vector."""
+
+    def __init__(self, hidden_size: int, n_out: int, dropout_p: float) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout_p)
+        self.out_proj = nn.Linear(hidden_size, n_out)
+        self.apply(init_linear_weights)
+
+    def score_tokens(self, token_states: Tensor) -> Tensor:
+        return self.out_proj(self.dropout(token_states))
 
 
 class RankingHead(nn.Module):

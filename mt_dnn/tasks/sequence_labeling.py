@@ -37,7 +37,7 @@ from data_utils.metrics import MetricContext, MetricSpec, predictions_from_score
 from data_utils.prepro import check_max_seq_len, split_meta
 from data_utils.readers import ReadResult
 from data_utils.task_def import TaskDef
-from module.heads import check_positions, init_linear_weights
+from module.heads import TokenLinear, check_positions
 from mt_dnn.tasks.base import (
     BatchScores,
     BatchShape,
@@ -126,14 +126,8 @@ def align_labels(word_ids: Sequence[int | None], tags: Sequence[int] | None) -> 
 # --- the head ----------------------------------------------------------------------------------------------
 
 
-class TokenHead(nn.Module):
+class TokenHead(TokenLinear):
     """dropout -> Linear(H, C) at the words' first pieces (``positions``): ``[N, L, H]`` -> ``[T, C]``."""
-
-    def __init__(self, hidden_size: int, n_class: int, dropout_p: float) -> None:
-        super().__init__()
-        self.dropout = nn.Dropout(dropout_p)
-        self.out_proj = nn.Linear(hidden_size, n_class)
-        self.apply(init_linear_weights)
 
     def forward(
         self,
@@ -145,7 +139,7 @@ class TokenHead(nn.Module):
         positions: Tensor,
     ) -> Tensor:
         check_positions(positions, hidden_states)
-        return self.out_proj(self.dropout(hidden_states[positions]))
+        return self.score_tokens(hidden_states[positions])
 
 
 # --- the kind ----------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from module.heads import PooledHead, RankingHead
+from module.heads import PooledHead, RankingHead, TokenLinear
 from module.san import INIT_STD
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -113,3 +113,16 @@ def test_ranking_head_with_encoder_pooler() -> None:
     scores = head(hidden, mask, types, pooled, n_candidates=2)
     expected = (pooled @ head.scorer.out_proj.weight.T + head.scorer.out_proj.bias).view(2, 2)
     torch.testing.assert_close(scores, expected)
+
+
+def test_token_linear_scores_every_token_by_one_linear_map() -> None:
+    torch.manual_seed(0)
+    head = TokenLinear(16, 3, dropout_p=0.5).eval()
+    states = torch.randn(2, 5, 16)
+    scores = head.score_tokens(states)
+    assert scores.shape == (2, 5, 3)
+    torch.testing.assert_close(scores, states @ head.out_proj.weight.T + head.out_proj.bias)
+    torch.testing.assert_close(head.score_tokens(states[:, 2]), scores[:, 2])  # no mixing across tokens
+    assert torch.all(head.out_proj.bias == 0) and abs(head.out_proj.weight.std().item() - INIT_STD) < 0.01
+    head.train()
+    assert not torch.equal(head.score_tokens(states), scores)  # dropout before the projection in training

@@ -14,24 +14,21 @@ the real positions and averages the two (the task's ``adv_loss``, symmetric KL b
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from data_utils.enums import LossName
+from module.heads import TokenLinear
 from module.losses import cross_entropy, divergence
-from module.san import init_linear_weights
 
 __all__ = ["SpanHead", "span_divergence", "span_loss"]
 
 
-class SpanHead(nn.Module):
+class SpanHead(TokenLinear):
     """Token vectors -> dropout -> Linear(H, 2) -> start and end logits ``[N, 2, L]``, masked to the span
     positions."""
 
     def __init__(self, hidden_size: int, dropout_p: float) -> None:
-        super().__init__()
-        self.dropout = nn.Dropout(dropout_p)
-        self.out_proj = nn.Linear(hidden_size, 2)
-        self.apply(init_linear_weights)
+        super().__init__(hidden_size, 2, dropout_p)
 
     def forward(
         self,
@@ -47,7 +44,7 @@ class SpanHead(nn.Module):
                 f"span_mask must be bool {tuple(hidden_states.shape[:2])}, "
                 f"got {span_mask.dtype} {tuple(span_mask.shape)}"
             )
-        logits = self.out_proj(self.dropout(hidden_states)).transpose(1, 2)  # [N, 2, L]
+        logits = self.score_tokens(hidden_states).transpose(1, 2)  # [N, 2, L]
         allowed = span_mask & attention_mask.bool()
         return logits.masked_fill(~allowed[:, None, :], torch.finfo(logits.dtype).min)
 
