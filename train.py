@@ -11,8 +11,8 @@ from pathlib import Path
 import transformers
 
 from data_utils.errors import exit_on_user_error
-from mt_dnn.config import parse_config
 from mt_dnn.distributed import setup, teardown
+from mt_dnn.flags import parse_config
 from mt_dnn.trainer import Trainer
 
 

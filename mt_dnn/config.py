@@ -1,4 +1,4 @@
-"""A training run's configuration: ``TrainConfig``, its sections, its flags, and ``--config run.yml``.
+"""A training run's configuration: ``TrainConfig``, its sections, its keys' spellings, ``--config run.yml``.
 
 ``TrainConfig`` holds the run-wide knobs and three sections, each parsed by its component's own dataclass:
 ``adversarial`` (``module.adversarial.AdversarialConfig``: a method and its config's fields), ``bregman``
@@ -7,8 +7,8 @@ spelt ``section.field`` on the command line (``--bregman.update_every 2``) and n
 (``bregman: {update_every: 2}``). mt-dnn's flat names are aliases of those keys, in flags and in the YAML
 alike: ``--adv_<name>`` is ``adversarial.<name>``, ``--adv_method`` is ``adversarial.method``,
 ``--adv_train`` alone is ``adversarial.method: smart``, and ``FLAT_ALIASES`` lists the Bregman and sampling
-ones. The flags are derived from the dataclasses' fields, so a new field (or a registered method's
-parameter) gets its flag.
+ones. ``mt_dnn.flags`` derives train.py's flags from the dataclasses' fields, so a new field (or a
+registered method's parameter) gets its flag.
 
 Precedence: dataclass defaults < ``--config`` YAML < flags given on the command line. Two rules of mt-dnn's
 flags are applied when a config is built from keys (``TrainConfig.from_dict``): SMART's Bregman weight
@@ -18,15 +18,12 @@ picks the ``mix_opt`` strategy (in ``SamplingConfig``). ``validate`` only checks
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import difflib
-import io
 import math
 import os
 import re
-import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -36,31 +33,34 @@ from pathlib import Path
 from typing import Any
 
 from data_utils.enums import parse_enum
-from data_utils.errors import UserError, exit_on_user_error
+from data_utils.errors import UserError
 from data_utils.sampler import SamplingConfig, SamplingStrategyName
 from data_utils.yaml_io import load_yaml
 from module.adversarial import (
     AdversarialConfig,
     AdversarialMethodName,
-    method_names,
     method_spec,
     parameter_types,
 )
 from module.bregman import BregmanConfig
 
 __all__ = [
+    "ADV_TRAIN",
     "FLAT_ALIASES",
     "SECTIONS",
     "OptimizerName",
     "SamplingStrategyName",
     "SchedulerName",
+    "Section",
     "TrainConfig",
-    "build_parser",
-    "check_flags",
+    "aliases",
+    "build_config",
+    "canonical_keys",
+    "comma_list",
     "flat_identity",
     "key_label",
+    "key_types",
     "load_config_file",
-    "parse_config",
     "validate",
 ]
 
@@ -85,8 +85,8 @@ class Section(StrEnum):
 
 
 SECTIONS: tuple[str, ...] = tuple(section.value for section in Section)
-_ADV_PREFIX = "adv_"
-_ADV_TRAIN = "adv_train"  # a flat switch, not a key: alone it means adversarial.method = smart
+ADV_PREFIX = "adv_"
+ADV_TRAIN = "adv_train"  # a flat switch, not a key: alone it means adversarial.method = smart
 # mt-dnn's flat names of section keys (besides --adv_<parameter>, derived from the registered methods).
 FLAT_ALIASES: Mapping[str, str] = types.MappingProxyType(
     {
@@ -167,7 +167,7 @@ class TrainConfig:
     def from_dict(cls, values: Mapping[str, Any], *, source: str | Path | None = None) -> TrainConfig:
         """A config from keys in any accepted spelling: run-wide names, nested sections, dotted section keys
         (``bregman.mu``) and mt-dnn's flat aliases; ``source`` (a file) is named in errors."""
-        return _build(_canonical(values, source))
+        return build_config(canonical_keys(values, source))
 
     def to_dict(self) -> dict[str, Any]:
         """Run-wide keys and one mapping per section (enums as their values): what ``mtdnn.json`` and
@@ -231,7 +231,7 @@ def key_types() -> dict[str, Any]:
 
 def aliases() -> dict[str, str]:
     """``{flat name: dotted key}``: ``FLAT_ALIASES`` and ``adv_<parameter>`` for every registered method's."""
-    derived = {f"{_ADV_PREFIX}{name}": f"adversarial.{name}" for name in parameter_types()}
+    derived = {f"{ADV_PREFIX}{name}": f"adversarial.{name}" for name in parameter_types()}
     return {**derived, **FLAT_ALIASES}
 
 
@@ -246,7 +246,7 @@ def _hint(name: str, known: Sequence[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _canonical(values: Mapping[str, Any], source: str | Path | None) -> dict[str, Any]:
+def canonical_keys(values: Mapping[str, Any], source: str | Path | None) -> dict[str, Any]:
     """``{dotted key: coerced value}`` (and ``adv_train``) from keys in any spelling; one ``UserError`` per
     mistake, naming ``source``, the section and the key."""
     where = f"{source}: " if source is not None else ""
@@ -275,8 +275,8 @@ def _canonical(values: Mapping[str, Any], source: str | Path | None) -> dict[str
                 put(f"{key}.{sub}", sub_value, f"section '{key}': key '{sub}'")
             continue
         name = flat.get(key, key)
-        if name not in types_ and name != _ADV_TRAIN:
-            spellings = [item for item in types_ if "." not in item] + [*flat, _ADV_TRAIN, *SECTIONS]
+        if name not in types_ and name != ADV_TRAIN:
+            spellings = [item for item in types_ if "." not in item] + [*flat, ADV_TRAIN, *SECTIONS]
             raise UserError(f"{where}key '{key}': unknown training option{_hint(key, spellings)}")
         put(name, value, f"key '{key}'")
     return out
@@ -284,14 +284,14 @@ def _canonical(values: Mapping[str, Any], source: str | Path | None) -> dict[str
 
 def _may_be_none(key: str) -> bool:
     """The keys whose None means "not given": a method's parameters (its default), SMART's Bregman mu."""
-    return key.startswith("adversarial.") or key in ("bregman.mu", _ADV_TRAIN)
+    return key.startswith("adversarial.") or key in ("bregman.mu", ADV_TRAIN)
 
 
 def _coerce(shown: str, value: Any, expected: Any) -> Any:
     """A YAML (or flag) value as the key's type; PyYAML's ``3e-5`` string is taken as the float meant."""
     if typing.get_origin(expected) is list:
         if isinstance(value, str):
-            return _comma_list(value)
+            return comma_list(value)
         if isinstance(value, list) and all(isinstance(item, str) for item in value):
             return value
         raise UserError(f"{shown}: expected a list of task names")
@@ -322,7 +322,7 @@ def _method_name(value: str) -> str:
         return value
 
 
-def _build(values: Mapping[str, Any]) -> TrainConfig:
+def build_config(values: Mapping[str, Any]) -> TrainConfig:
     """The config of canonical ``values``: the sections built by their own dataclasses."""
     sections: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
     run_wide: dict[str, Any] = {}
@@ -330,9 +330,9 @@ def _build(values: Mapping[str, Any]) -> TrainConfig:
         if "." in key:
             section, name = key.split(".", 1)
             sections[section][name] = value
-        elif key != _ADV_TRAIN:
+        elif key != ADV_TRAIN:
             run_wide[key] = value
-    adversarial = _adversarial(sections[Section.ADVERSARIAL], bool(values.get(_ADV_TRAIN)))
+    adversarial = _adversarial(sections[Section.ADVERSARIAL], bool(values.get(ADV_TRAIN)))
     bregman = {key: value for key, value in sections[Section.BREGMAN].items() if value is not None}
     bregman.setdefault("mu", 1.0 if adversarial.method == AdversarialMethodName.SMART else 0.0)
     built: dict[str, Any] = {Section.ADVERSARIAL.value: adversarial}
@@ -391,160 +391,9 @@ def flat_identity(saved: Mapping[str, Any]) -> dict[str, Any]:
     key it did not record stays absent."""
     if "adversarial.method" in saved:
         return dict(saved)
-    given = _canonical(saved, "saved config")
-    recorded = set(given) | ({"adversarial.method"} if _ADV_TRAIN in given else set())
-    return {key: value for key, value in _build(given).flat_dict().items() if key in recorded}
-
-
-# -- flags ---------------------------------------------------------------------------------------------
-
-_HELP = {
-    "task_def": "task-definition YAML",
-    "data_dir": "token-id cache folder written by prepro_std.py (e.g. data/demo/minilm)",
-    "train_datasets": "comma-separated tasks to train on",
-    "test_datasets": "comma-separated tasks to evaluate (default: the training tasks)",
-    "init_checkpoint": "HF encoder folder or one of our checkpoints",
-    "warmup": "fraction of optimizer steps spent warming the learning rate up",
-    "grad_clipping": "max gradient norm (0 turns clipping off)",
-    "eval_every_steps": "also evaluate every N optimizer steps (0: once per epoch)",
-    "save_every_steps": "also save the resumable 'last' checkpoint every N optimizer steps",
-    "best_metric": "'mean' (of each eval task's first metric on its first dev split) or TASK:METRIC",
-    "resume": "continue from <output_dir>/last if it exists",
-    "overwrite_output_dir": "replace the run already in --output_dir (its best/, last/, metrics.jsonl, "
-    "results.json); without it (or --resume) train.py refuses to write over a run",
-    "max_steps": "stop after this many optimizer steps (0: --epochs decides); the schedule spans them",
-    "max_nonfinite_steps": "stop after this many non-finite losses in a row",
-    "early_stopping_patience": "stop after this many evaluations in a row without a new best (0: off); "
-    "labelled test splits are then scored by the best checkpoint as usual",
-    "compile": "torch.compile the encoder's layers (off by default: see docs/benchmarks.md)",
-    "bf16": "mixed precision: torch.autocast with bfloat16 (no loss scaling needed)",
-    "fp16": "mixed precision: torch.autocast with float16 and a dynamic loss scale (torch.amp.GradScaler)",
-    "gradient_checkpointing": "recompute encoder activations in the backward (non-reentrant): less memory",
-    _ADV_TRAIN: "adversarial training; alone: SMART (adversarial term + Bregman step)",
-    "adversarial.method": "adversarial method (implies --adv_train; default smart); each takes its paper's "
-    "defaults",
-    "adversarial.alpha": "weight of the adversarial term (task YAML adv_alpha overrides per task)",
-    "adversarial.k": "ascent steps per batch (SMART/ALUM/PGD/FreeLB K; YOPO's n first-layer steps)",
-    "adversarial.step_size": "ascent step size (on the normalised gradient)",
-    "adversarial.noise_var": "std of the initial noise (mt-dnn's name; SMART/ALUM/R3F sigma)",
-    "adversarial.epsilon": "radius of the perturbation ball in p_norm (inf: no bound)",
-    "adversarial.p_norm": "norm of the ascent normalisation and of the ball",
-    "adversarial.norm_level": "norms per token or per sentence",
-    "adversarial.dropout_replay": "adversarial forwards reuse the clean pass's dropout masks (off, the "
-    "default and mt-dnn's behaviour: the term also compares two dropout samples, R-Drop-like)",
-    "adversarial.init_mag": "FreeLB: magnitude of the uniform initial perturbation",
-    "adversarial.replays": "FreeAT: replays (optimizer steps) per batch, m",
-    "adversarial.outer_steps": "YOPO: full forward/backward passes per batch, m",
-    "adversarial.noise_type": "R3F/R4F noise",
-    "adversarial.radius": "absolute: epsilon, step size and noise in embedding units (the papers'); "
-    "relative: as fractions of each token's/sentence's own embedding size (delta_ratio ~ epsilon on any "
-    "encoder)",
-    "bregman.mu": "weight of the Bregman proximal term (default: 1 with SMART, else 0 = off)",
-    "bregman.beta": "EMA decay of the Bregman teacher after the warm-up",
-    "bregman.beta_warmup": "EMA decay during the first warmup_fraction of updates",
-    "bregman.warmup_fraction": "fraction of optimizer steps that use beta_warmup",
-    "bregman.update_every": "update the Bregman teacher every S optimizer steps",
-    "bregman.teacher_mode": "the teacher's forward: eval (no dropout, the default) or train (with dropout); "
-    "the teacher starts as a copy of the initial model",
-    "sampling.strategy": "how each step's task is chosen",
-    "sampling.mix_opt": "mt-dnn's mix_opt: >0 puts the auxiliary tasks' batches before the main (first) "
-    "task's",
-    "sampling.ratio": "mt-dnn's ratio: auxiliary batches = ratio x main-task batches (0: all)",
-    "sampling.temperature": "temperature strategy: draw tasks with probability ~ rows ** (1 / T)",
-    "sampling.bucket_window": "sort rows by length within windows of this many batches, then shuffle the "
-    "batches (0: off); less padding, the same rows every epoch",
-}
-_GROUPS = {
-    None: "run",
-    Section.ADVERSARIAL: "adversarial (YAML section 'adversarial:'; a method's parameters, its defaults "
-    "where not given)",
-    Section.BREGMAN: "bregman (YAML section 'bregman:'; SMART's momentum Bregman proximal point)",
-    Section.SAMPLING: "sampling (YAML section 'sampling:'; the multi-task batch sampler)",
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """train.py's flags: one per key of ``key_types`` (its dotted name and its flat aliases), grouped by
-    section."""
-    parser = argparse.ArgumentParser(description="Multi-task fine-tuning of a shared encoder.")
-    parser.add_argument("--config", help="YAML file with any of the keys below (flags override it)")
-    groups = {
-        section: parser.add_argument_group(title) if section else parser for section, title in _GROUPS.items()
-    }
-    flat_names: dict[str, list[str]] = {}
-    for name, target in aliases().items():
-        flat_names.setdefault(target, []).append(name)
-    for key, kind in key_types().items():
-        section = Section(key.split(".", 1)[0]) if "." in key else None
-        flags = [f"--{key}", *(f"--{name}" for name in flat_names.get(key, []))]
-        kwargs: dict[str, Any] = {"dest": key, "help": _HELP.get(key, "")}
-        if "." in key:
-            kwargs["metavar"] = key.split(".", 1)[1].upper()
-        if key == "adversarial.method":
-            kwargs["choices"] = list(method_names())
-        if "choices" in kwargs or (isinstance(kind, type) and issubclass(kind, Enum)):
-            kwargs.pop("metavar", None)  # argparse shows the choices instead
-            if "choices" not in kwargs:
-                kwargs["choices"] = [item.value for item in kind]
-            groups[section].add_argument(*flags, type=str, **kwargs)
-        elif kind is bool:
-            kwargs.pop("metavar", None)
-            groups[section].add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
-        elif typing.get_origin(kind) is list:
-            groups[section].add_argument(*flags, type=_comma_list, **kwargs)
-        else:
-            groups[section].add_argument(*flags, type=kind, **kwargs)
-        if key == "adversarial.method":
-            groups[section].add_argument(
-                f"--{_ADV_TRAIN}",
-                dest=_ADV_TRAIN,
-                action=argparse.BooleanOptionalAction,
-                help=_HELP[_ADV_TRAIN],
-            )
-    # Accepted for mt-dnn compatibility; torchrun sets LOCAL_RANK in the environment instead.
-    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
-    parser.set_defaults(**{key: None for key in (*key_types(), _ADV_TRAIN)})
-    return parser
-
-
-def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    """Build a ``TrainConfig`` from defaults, an optional ``--config`` YAML, and the flags."""
-    args = vars(build_parser().parse_args(argv))
-    values: dict[str, Any] = {}
-    if args["config"]:
-        values.update(_canonical(load_config_file(args["config"]), args["config"]))
-    given = {
-        key: value for key, value in args.items() if value is not None and key not in ("config", "local_rank")
-    }
-    values.update(_canonical(given, None))
-    config = _build(values)
-    validate(config)
-    return config
-
-
-# Stand-ins for the flags every run must give, so a list of other flags can be checked on its own.
-_PLACEHOLDERS = ["--task_def", "t.yml", "--data_dir", "d", "--init_checkpoint", "m", "--train_datasets", "t"]
-
-
-def check_flags(flags: Sequence[str]) -> None:
-    """Parse a list of train.py flags as train.py would (the required ones stood in for), so a script or a
-    grid can refuse a misspelt or invalid flag before anything runs. Raises ``UserError`` with argparse's or
-    the validation's message."""
-    errors = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(errors):
-            parse_config([*_PLACEHOLDERS, *flags])
-    except SystemExit:  # argparse: "usage: ...\ntrain.py: error: <message>"
-        lines = errors.getvalue().strip().splitlines() or ["invalid flags"]
-        raise UserError(f"train.py: {lines[-1].split('error: ', 1)[-1]}") from None
-    except UserError as error:
-        raise UserError(f"train.py: {error}") from None
-
-
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    """``python -m mt_dnn.config FLAGS...``: exit 0 when train.py would accept FLAGS, else one error line."""
-    check_flags(sys.argv[1:] if argv is None else argv)
+    given = canonical_keys(saved, "saved config")
+    recorded = set(given) | ({"adversarial.method"} if ADV_TRAIN in given else set())
+    return {key: value for key, value in build_config(given).flat_dict().items() if key in recorded}
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -554,11 +403,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     document = load_yaml(path, what="config")
     if not isinstance(document, dict):
         raise UserError(f"{path}: expected a mapping of training options")
-    _canonical(document, path)
+    canonical_keys(document, path)
     return document
 
 
-def _comma_list(text: str) -> list[str]:
+def comma_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
@@ -617,7 +466,3 @@ def validate(config: TrainConfig) -> None:
             f"{key_label('bregman.mu')} needs a clean forward pass; adversarial method {method} runs only "
             "perturbed ones"
         )
-
-
-if __name__ == "__main__":
-    main()

@@ -94,7 +94,7 @@ bench_init() {
   HPARAMS=(--optimizer adamax --learning_rate "$LR" --batch_size "$BATCH_SIZE" --epochs "$EPOCHS"
     --warmup "$WARMUP" --grad_clipping 1 --seed "$SEED" "${ADV_FLAGS[@]}")
   # The train.py flags, checked by train.py's own parser before any preprocessing runs.
-  python -m mt_dnn.config "${HPARAMS[@]}" "${TRAIN_FLAGS[@]}" || exit 2
+  python -m mt_dnn.flags "${HPARAMS[@]}" "${TRAIN_FLAGS[@]}" || exit 2
 }
 
 run() {

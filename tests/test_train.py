@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 import train
-from mt_dnn.config import OptimizerName, SamplingStrategyName, SchedulerName, parse_config
+from mt_dnn.config import OptimizerName, SamplingStrategyName, SchedulerName
+from mt_dnn.flags import parse_config
 from tests.mt_dnn.conftest import make_tiny_run
 
 REPO = Path(__file__).resolve().parents[1]

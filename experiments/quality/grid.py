@@ -516,7 +516,7 @@ class _Reader:
 def check_train_flags(grid: Grid) -> None:
     """Parse every flag combination with train.py's own parser before any run starts, so a misspelt or
     not-yet-existing flag fails in a second, naming the grid key, not in the middle of the grid."""
-    from mt_dnn.config import check_flags
+    from mt_dnn.flags import check_flags
 
     checked: set[tuple[str, ...]] = set()
     for key, flags in _flag_combinations(grid):

@@ -13,7 +13,8 @@ import train
 from data_utils.sampler import SamplingConfig, SamplingStrategyName
 from module.adversarial import AdversarialConfig, AdversarialMethodName, MethodSpec, PNorm
 from module.bregman import BregmanConfig, TeacherMode
-from mt_dnn.config import TrainConfig, build_parser, parse_config, validate
+from mt_dnn.config import TrainConfig, validate
+from mt_dnn.flags import build_parser, parse_config
 from tests.module.adversarial.test_registry import SPEC as SHIFT_SPEC
 from tests.module.adversarial.test_registry import registered  # noqa: F401 - a fixture
 

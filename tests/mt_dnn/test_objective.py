@@ -13,7 +13,8 @@ from data_utils.errors import UserError
 from data_utils.task_def import parse_task_def
 from module.adversarial import METHODS, AdversarialMethodName, NormLevel, PNorm
 from mt_dnn.checkpoint_state import TEACHER_FILE
-from mt_dnn.config import TrainConfig, parse_config
+from mt_dnn.config import TrainConfig
+from mt_dnn.flags import parse_config
 from mt_dnn.objective import TrainingObjective, method_parameters_for
 from mt_dnn.trainer import Trainer
 from tests.conftest import TASK_ENTRIES

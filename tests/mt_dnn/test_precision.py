@@ -13,7 +13,7 @@ from data_utils.errors import UserError
 from module.adversarial import SmartConfig, SmartPerturbation
 from module.losses import sym_kl
 from mt_dnn.checkpoint_state import STATE_FILE
-from mt_dnn.config import parse_config
+from mt_dnn.flags import parse_config
 from mt_dnn.model import MTDNNModel
 from mt_dnn.trainer import Trainer
 from tests.mt_dnn.conftest import tiny_bert_config, tiny_task_defs

@@ -15,7 +15,7 @@ import torch
 
 from data_utils.errors import UserError
 from mt_dnn.checkpoint_state import STATE_FILE, TEACHER_FILE
-from mt_dnn.config import parse_config
+from mt_dnn.flags import parse_config
 from mt_dnn.model import HEADS_FILE, MTDNNModel
 from mt_dnn.trainer import Trainer, TrainingDiverged
 from tests.mt_dnn.test_trainer import config_for

@@ -318,7 +318,7 @@ def test_predict_on_unlabelled_questions_writes_answers_only(
 
 
 def test_a_resumed_smart_run_equals_the_uninterrupted_one(qa_run: dict[str, Any], tmp_path: Path) -> None:
-    from mt_dnn.config import parse_config
+    from mt_dnn.flags import parse_config
     from mt_dnn.trainer import Trainer
 
     def trainer(out: Path, *extra: str) -> Trainer:
