@@ -5,8 +5,8 @@
 
 The run is the grid's cell for (task, method, seed): the same training rows, the grid's and the method's
 train.py flags, at ``--learning_rate``, with ``--flags`` appended (train.py takes the last value of a repeated
-flag, so they override the grid's). It trains through ``run_grid``'s own machinery and appends one results
-row (the grid's schema, see ``results.py``) to ``<output_dir>/results.jsonl``, under the method name
+flag, so they override the grid's). It runs as a grid of that one cell through ``run_grid`` and appends one
+results row (the grid's schema, see ``results.py``) to ``<output_dir>/results.jsonl``, under the method name
 ``<method>@lr=<lr>`` plus ``+<flag>=<value>`` per extra flag: a check is compared with the grid's row of the
 same seed by hand, never mixed into the grid's own results. Run it again after a kill: a finished check is
 skipped, a killed one resumes from its last checkpoint.
@@ -24,13 +24,11 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from data_utils.errors import UserError, exit_on_user_error  # noqa: E402
-from experiments.quality.data import prepare_data  # noqa: E402
-from experiments.quality.grid import RESERVED_FLAGS, Cell, Grid, Regime, check_train_flags, load_grid  # noqa: E402
-from experiments.quality.results import ResultRow, append_row, read_results  # noqa: E402
-from experiments.quality.runs import Runner, clean_up, run_cell, subprocess_runner  # noqa: E402
+from experiments.quality.grid import LR_FLAG, RESERVED_FLAGS, Grid, Regime, check_train_flags, load_grid  # noqa: E402
+from experiments.quality.results import ResultRow  # noqa: E402
+from experiments.quality.run_grid import RESULTS_FILE, run_grid  # noqa: E402
+from experiments.quality.runs import Runner, subprocess_runner  # noqa: E402
 from experiments.quality.tuning import lr_spelling  # noqa: E402
-
-RESULTS_FILE = "results.jsonl"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,8 +63,10 @@ def check_name(method: str, learning_rate: float, extra: list[str]) -> str:
     return "+".join(parts)
 
 
-def check_cell(grid: Grid, args: argparse.Namespace) -> tuple[Grid, Cell]:
-    """The grid with the check as one more method (the varied method's flags and the extras), and its cell."""
+def check_grid(grid: Grid, args: argparse.Namespace) -> Grid:
+    """The grid cut to the check's one cell: its task, size and seed, and one method (named by
+    ``check_name``): the varied method's flags with the extras and ``--learning_rate`` appended. ``run_grid``
+    then trains it like any cell (its data, flag check, resume and row)."""
     if args.task not in grid.tasks:
         known = ", ".join(grid.tasks)
         raise UserError(f"--task: '{args.task}' is not a task of {grid.path} (expected one of: {known})")
@@ -86,51 +86,42 @@ def check_cell(grid: Grid, args: argparse.Namespace) -> tuple[Grid, Cell]:
     except ValueError as error:
         raise UserError(f"--flags: {error}") from None
     for flag in extra:
-        if flag.split("=", 1)[0] in (*RESERVED_FLAGS, "--learning_rate"):
+        if flag.split("=", 1)[0] in (*RESERVED_FLAGS, LR_FLAG):
             raise UserError(f"--flags: {flag.split('=', 1)[0]} is set by the harness (or by its own option)")
     name = check_name(args.method, args.learning_rate, extra)
-    methods = {name: (*grid.methods[args.method], *extra)}
-    checked = dataclasses.replace(
-        grid, methods=methods, learning_rates=(), tune_seed=None, lr_from={}, lr_only=(), seeds_by_method={}
+    flags = (*grid.methods[args.method], *extra, LR_FLAG, lr_spelling(args.learning_rate))
+    return dataclasses.replace(
+        grid,
+        tasks=(args.task,),
+        n_train=(n_train,),
+        n_train_by_task={args.task: (n_train,)},
+        seeds=(args.seed,),
+        seeds_by_method={},
+        regimes=(Regime.SINGLE,),
+        methods={name: flags},
+        learning_rates=(),
+        tune_seed=None,
+        lr_from={},
+        lr_only=(),
     )
-    cell = Cell(Regime.SINGLE, name, (args.task,), n_train, args.seed, learning_rate=args.learning_rate)
-    return checked, cell
-
-
-def run_check(
-    grid: Grid, cell: Cell, output_dir: Path, model: str, runner: Runner = subprocess_runner
-) -> ResultRow:
-    """Train the check (or resume it) unless its row is there; return its row."""
-    results_path = output_dir / RESULTS_FILE
-    (key,) = cell.row_keys()
-    done = {row.key: row for row in read_results(results_path, repair=True)}
-    if key in done:
-        return done[key]
-    task_defs = grid.task_defs()
-    cache_dir = prepare_data(grid, task_defs, output_dir, cell.n_train, cell.seed, model, cell.tasks)
-    (row,) = run_cell(cell, grid, task_defs, output_dir, cache_dir, model, runner)
-    append_row(results_path, row)
-    clean_up(cell, grid, output_dir)
-    return row
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None, runner: Runner = subprocess_runner) -> ResultRow:
     args = build_parser().parse_args(argv)
-    grid, cell = check_cell(load_grid(args.grid), args)
+    grid = check_grid(load_grid(args.grid), args)
     check_train_flags(grid)
     model = args.model or grid.model
     if model is None:
         from experiments.common import minilm_path
 
         model = minilm_path()
-    row = run_check(grid, cell, args.output_dir, model, runner)
-    test = "-" if row.test is None else f"{row.test:.2f}"
-    dev = "-" if row.dev is None else f"{row.dev:.2f}"
-    print(
-        f"{cell.describe()}: {row.task} dev {row.metric} {dev} test {test} (best step {row.best_step} of "
-        f"{row.steps}, {row.wall_seconds:.0f} s) -> {args.output_dir / RESULTS_FILE}"
+    (name,) = grid.methods
+    rows = run_grid(grid, args.output_dir, model, runner)
+    row = next(
+        row for row in rows if row.key == (Regime.SINGLE.value, name, args.task, grid.n_train[0], args.seed)
     )
+    print(f"{name}: best step {row.best_step} of {row.steps} -> {args.output_dir / RESULTS_FILE}")
     return row
 
 

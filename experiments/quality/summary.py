@@ -146,7 +146,7 @@ def _summary(
         metric=first.metric,
         n_train=first.n_train,
         method=first.method,
-        score=_spread_of(group, functools.partial(score, split=split)),
+        score=_spread_of(group, get),
         dev=_spread_of(group, lambda row: row.dev),
         versus_baseline=versus,
         step_ratio=ratio,
