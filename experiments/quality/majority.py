@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+from data_utils.metrics import Metric
 from experiments.quality.data import eval_rows
 from experiments.quality.grid import Grid
 
-ACCURACY = "acc"
 # a dev score within this of the level counts as at it (scores are percentages of whole rows)
 TOLERANCE = 1e-6
 
@@ -24,7 +24,7 @@ def majority_levels(grid: Grid) -> dict[str, float]:
     levels = {}
     for task in grid.tasks:
         task_def = task_defs[task]
-        if not task_def.metrics or str(task_def.metrics[0]) != ACCURACY or not task_def.dev_splits:
+        if not task_def.metrics or task_def.metrics[0] != Metric.ACC or not task_def.dev_splits:
             continue
         labels = [row["label"] for row in eval_rows(grid, task_def, task_def.dev_splits[0]) if "label" in row]
         if labels and all(isinstance(label, str | int) for label in labels):
